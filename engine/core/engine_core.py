@@ -1,0 +1,81 @@
+"""The engine core: one step is schedule -> execute -> update."""
+
+from dataclasses import dataclass
+
+from fleetlm.engine.config import EngineConfig
+from fleetlm.engine.core.kv_cache_manager import KVCacheManager
+from fleetlm.engine.core.protocol import EngineCoreOutput, EngineCoreRequest
+from fleetlm.engine.core.request import Request, RequestStatus
+from fleetlm.engine.core.scheduler import Scheduler
+
+
+@dataclass
+class EngineCoreStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of blocks held by requests
+    num_blocks: int
+    num_free_blocks: int
+    prefix_cache_queries: int  # tokens looked up
+    prefix_cache_hits: int  # tokens found
+    num_preemptions: int
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig) -> None:
+        from fleetlm.engine.worker.model_runner import ModelRunner
+
+        self.config = config
+        self.model_runner = ModelRunner(config)
+        num_blocks = self.model_runner.num_blocks
+        if num_blocks * config.cache.block_size < config.scheduler.max_model_len:
+            raise ValueError(
+                f"the KV cache holds {num_blocks * config.cache.block_size} tokens, fewer than "
+                f"max_model_len ({config.scheduler.max_model_len}): give it more memory or "
+                "lower max_model_len"
+            )
+        kv_cache_manager = KVCacheManager(num_blocks, config.cache.block_size,
+                                          config.cache.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler, kv_cache_manager)
+
+    def add_request(self, request: EngineCoreRequest) -> None:
+        leader = self.scheduler.requests.get(request.leader_id) if request.leader_id else None
+        self.scheduler.add_request(Request(
+            request_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            sampling_params=request.sampling_params,
+            eos_token_ids=request.eos_token_ids,
+            leader=leader,
+            arrival_time=request.arrival_time,
+        ))
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def stop_requests(self, request_ids: list[str]) -> None:
+        """Finish requests whose stop string the front end found."""
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
+
+    def step(self) -> list[EngineCoreOutput]:
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.model_runner.execute_model(scheduler_output)
+        return self.scheduler.update_from_output(scheduler_output, runner_output)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def reset_prefix_cache(self) -> bool:
+        return self.scheduler.kv_cache_manager.reset_prefix_cache()
+
+    def stats(self) -> EngineCoreStats:
+        kv = self.scheduler.kv_cache_manager
+        return EngineCoreStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=kv.usage,
+            num_blocks=kv.pool.num_blocks,
+            num_free_blocks=kv.pool.num_free_blocks,
+            prefix_cache_queries=kv.prefix_cache_stats.queries,
+            prefix_cache_hits=kv.prefix_cache_stats.hits,
+            num_preemptions=self.scheduler.num_preemptions,
+        )

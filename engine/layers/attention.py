@@ -1,0 +1,96 @@
+"""Paged attention in plain PyTorch (the CPU path; the reference for the GPU kernels)."""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    """Where this step's tokens go in the paged cache and what each one attends to.
+
+    The batch holds the decode requests first (exactly one new token each), then the
+    requests computing a chunk of several tokens.
+    """
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64: block_id * block_size + offset
+    num_decodes: int
+    decode_block_tables: torch.Tensor  # [num_decodes, max_blocks] int64 (padded with 0)
+    decode_seq_lens: torch.Tensor  # [num_decodes] int64: context length incl. the new token
+    chunk_query_lens: list[int]  # [num_chunks]: new tokens of each chunked request
+    chunk_seq_lens: list[int]  # [num_chunks]: context length incl. the chunk
+    chunk_block_tables: list[torch.Tensor]  # [num_chunks] of [num_blocks] int64
+
+
+def write_kv_cache(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping: torch.Tensor,  # [num_tokens]
+) -> None:
+    num_kv_heads, head_dim = key.shape[1:]
+    kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
+    kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+
+
+def paged_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+    metadata: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+    """Attention of this step's queries over the cache (their own K/V already written)."""
+    output = torch.empty_like(query)
+    num_decodes = metadata.num_decodes
+    if num_decodes:
+        output[:num_decodes] = _decode_attention(query[:num_decodes], kv_cache, metadata, scale)
+    start = num_decodes
+    for query_len, seq_len, block_table in zip(
+        metadata.chunk_query_lens, metadata.chunk_seq_lens, metadata.chunk_block_tables, strict=True
+    ):
+        end = start + query_len
+        output[start:end] = _chunk_attention(query[start:end], kv_cache, block_table, seq_len, scale)
+        start = end
+    return output
+
+
+def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of the blocks in `block_table` ([..., num_blocks]) as [..., tokens, heads, dim]."""
+    key = kv_cache[0][block_table]
+    value = kv_cache[1][block_table]
+    return key.flatten(-4, -3), value.flatten(-4, -3)
+
+
+def _decode_attention(query, kv_cache, metadata, scale):
+    key, value = gather_kv(kv_cache, metadata.decode_block_tables)  # [B, L, KVH, D]
+    max_len = key.shape[1]
+    positions = torch.arange(max_len, device=query.device)
+    mask = positions[None, :] < metadata.decode_seq_lens[:, None]  # [B, L]
+    out = F.scaled_dot_product_attention(
+        query.unsqueeze(2),  # [B, H, 1, D]
+        key.transpose(1, 2),  # [B, KVH, L, D]
+        value.transpose(1, 2),
+        attn_mask=mask[:, None, None, :],
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out.squeeze(2)
+
+
+def _chunk_attention(query, kv_cache, block_table, seq_len, scale):
+    """Causal attention of a chunk of `query_len` tokens that ends at position seq_len - 1."""
+    key, value = gather_kv(kv_cache, block_table)
+    key, value = key[:seq_len].transpose(0, 1), value[:seq_len].transpose(0, 1)  # [KVH, L, D]
+    query_len = query.shape[0]
+    if query_len == seq_len:
+        mask, is_causal = None, True
+    else:
+        query_pos = torch.arange(seq_len - query_len, seq_len, device=query.device)
+        mask = torch.arange(seq_len, device=query.device)[None, :] <= query_pos[:, None]
+        is_causal = False
+    out = F.scaled_dot_product_attention(
+        query.transpose(0, 1), key, value, attn_mask=mask, is_causal=is_causal, scale=scale,
+        enable_gqa=True,
+    )
+    return out.transpose(0, 1)

