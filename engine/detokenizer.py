@@ -56,7 +56,7 @@ class IncrementalDetokenizer:
         self.include_stop_str_in_output = include_stop_str_in_output
         self.output_text = ""  # complete characters so far, cut at a stop string
         self.stop_reason: str | None = None  # the stop string that matched
-        self._window = list(prompt_token_ids[-NUM_CONTEXT_TOKENS:]) if prompt_token_ids else []
+        self._window = list(prompt_token_ids[-NUM_CONTEXT_TOKENS:])
         self._num_read = len(self._window)  # window[:num_read] is decoded as prefix_text
         self._prefix_text = self._decode(self._window)
         self._num_sent_chars = 0  # output_text[:num_sent_chars] went out through take_delta

@@ -102,14 +102,11 @@ class Scheduler:
                 break
             cached_reqs.append(CachedRequestData(
                 request.request_id, [b.block_id for b in new_blocks], request.num_computed_tokens))
-            num_scheduled[request.request_id] = num_new
-            budget -= num_new
+            budget -= self._mark_scheduled(request, num_new, num_scheduled)
             index += 1
         if self.num_preemptions == num_preemptions_before:  # no admissions under memory pressure
             budget = self._admit_waiting(budget, num_scheduled, new_reqs)
 
-        for request_id, num_new in num_scheduled.items():
-            self.requests[request_id].num_computed_tokens += num_new
         output = SchedulerOutput(
             scheduled_new_reqs=new_reqs,
             scheduled_cached_reqs=cached_reqs,
@@ -153,6 +150,14 @@ class Scheduler:
         return outputs
 
     # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _mark_scheduled(request: Request, num_new: int, num_scheduled: dict[str, int]) -> int:
+        """Count the tokens as computed now: later requests of the same step may share them
+        (their KV is written before any attention reads it)."""
+        num_scheduled[request.request_id] = num_new
+        request.num_computed_tokens += num_new
+        return num_new
 
     def _allocate_or_preempt(self, request: Request, num_new: int) -> list[KVCacheBlock] | None:
         """Allocate blocks for a running request, preempting the newest requests as needed."""
@@ -206,8 +211,7 @@ class Scheduler:
                 block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
                 num_computed_tokens=num_computed,
             ))
-            num_scheduled[request.request_id] = num_new
-            budget -= num_new
+            budget -= self._mark_scheduled(request, num_new, num_scheduled)
         self.waiting.extendleft(reversed(deferred))
         return budget
 

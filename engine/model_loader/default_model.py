@@ -51,7 +51,7 @@ def default_model_dir(cache_dir: Path | None = None) -> Path:
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}.", dir=model_dir.parent))
     try:
         convert_gguf_to_hf(gguf_path, tmp_dir)
-        tmp_dir.chmod(0o755)  # mkdtemp makes it private
+        _make_readable(tmp_dir)
         _publish(tmp_dir, model_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -60,6 +60,13 @@ def default_model_dir(cache_dir: Path | None = None) -> Path:
 
 def is_complete_model_dir(model_dir: Path) -> bool:
     return all((model_dir / name).is_file() for name in _REQUIRED_FILES)
+
+
+def _make_readable(model_dir: Path) -> None:
+    """mkdtemp (and the safetensors writer) create private files; the cache is shared."""
+    model_dir.chmod(0o755)
+    for path in model_dir.iterdir():
+        path.chmod(0o644)
 
 
 def _publish(tmp_dir: Path, model_dir: Path) -> None:

@@ -111,7 +111,8 @@ def weights_from_reader(reader: GGUFReader) -> Iterator[tuple[str, torch.Tensor]
         if name is None:
             logger.debug("skipping GGUF tensor %s (no Hugging Face equivalent)", tensor.name)
             continue
-        weights = dequantize(tensor.data, tensor.tensor_type)
+        # A plain ndarray view: numpy's memmap subclass adds overhead to every slice.
+        weights = dequantize(np.asarray(tensor.data), tensor.tensor_type)
         if is_permuted and name.endswith("q_proj.weight"):
             weights = unpermute_qk_rows(weights, config["num_attention_heads"])
         elif is_permuted and name.endswith("k_proj.weight"):

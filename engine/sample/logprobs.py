@@ -32,7 +32,7 @@ def gather_logprobs(
     """
     token_ids = token_ids.to(torch.int64)
     chosen = logprobs.gather(1, token_ids.unsqueeze(1))
-    ranks = (logprobs >= chosen).sum(dim=1) + 1
+    ranks = (logprobs > chosen).sum(dim=1) + 1
     if num_topk == 0:
         return LogprobsTensors(token_ids.unsqueeze(1), chosen, ranks)
     top_logprobs, top_ids = logprobs.topk(num_topk, dim=1)

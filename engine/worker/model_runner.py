@@ -9,7 +9,8 @@ from fleetlm.engine.config import EngineConfig
 from fleetlm.engine.core.scheduler_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from fleetlm.engine.models.llama import LlamaForCausalLM
 from fleetlm.engine.sample.metadata import build_sampling_metadata
-from fleetlm.engine.sample.sampler import LogprobsTensors, Sampler, compute_logprobs
+from fleetlm.engine.sample.logprobs import LogprobsTensors, compute_logprobs
+from fleetlm.engine.sample.sampler import Sampler
 from fleetlm.engine.worker.input_batch import CachedRequestState, ModelInputs, prepare_inputs
 from fleetlm.engine.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
 from fleetlm.engine.worker.model_loading import load_model

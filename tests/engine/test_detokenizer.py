@@ -25,10 +25,8 @@ SENTENCE = "Hello world, the answer is 42.\nThe end of the story"
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained("/tmp/smol_tok")
+def tok(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def stream(detok: IncrementalDetokenizer, ids: Sequence[int], chunk: int = 1) -> list[str]:
@@ -83,7 +81,9 @@ def test_one_token_at_a_time_matches_decode(tok, text: str, chunk: int) -> None:
 def test_random_ids_match_decode(tok, seed: int, skip_special_tokens: bool) -> None:
     """Arbitrary ids (broken UTF-8, special tokens) still end as exactly tokenizer.decode."""
     rng = random.Random(seed)
-    ids = [rng.choice([0, 1, 2]) if rng.random() < 0.1 else rng.randrange(len(tok)) for _ in range(60)]
+    ids = [
+        rng.choice([0, 1, 2]) if rng.random() < 0.1 else rng.randrange(len(tok)) for _ in range(60)
+    ]
     prompt_ids = [rng.randrange(len(tok)) for _ in range(rng.randrange(8))]
     detok = IncrementalDetokenizer(tok, prompt_ids, skip_special_tokens=skip_special_tokens)
     deltas = stream(detok, ids, chunk=rng.choice([1, 2, 5]))

@@ -188,6 +188,16 @@ def test_samples_cover_exactly_the_reference_set(top_k: int, top_p: float, min_p
     assert total_variation(counts, expected) < 0.02
 
 
+def test_min_p_applies_after_top_p():
+    """Order top-p then min-p: with probs [.4, .3, .2, .1], top_p = 0.75 keeps {0, 1, 2} and
+    min_p = 0.3 (threshold .12) then keeps all three. Min-p first would drop 3 and leave a
+    nucleus of {0, 1} (.44 + .33 >= .75), which is what vLLM v1 does."""
+    logits = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+    metadata = build([SamplingParams(top_p=0.75, min_p=0.3)], vocab_size=4)
+    probs = filtered_probs(apply_temperature(logits, metadata.temperature), metadata)
+    assert (probs[0] > 0).tolist() == [True, True, True, False]
+
+
 # ---- min_tokens ------------------------------------------------------------------------------
 
 
