@@ -25,7 +25,8 @@ class IncrementalDetokenizer:
     turned into text (`prefix_text`), the rest is not. Each step decodes the whole window and
     hands out what follows `prefix_text`, unless it ends in U+FFFD (a character still in
     flight), in which case we wait for more tokens. Once handed out, the window slides to the
-    unread part. Each step costs two decodes of a few tokens, however long the output is.
+    unread part. Each step costs two decodes of a few tokens, however long the output is
+    (only bytes that never form a character, i.e. garbage output, make the window grow).
 
     The final text (after `finish()`) equals `tokenizer.decode(output_ids)` for byte-level BPE
     tokenizers; for sentencepiece ones it keeps the leading space of the first output token

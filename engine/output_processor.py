@@ -140,6 +140,8 @@ class OutputProcessor:
                 stopped_by_string = not output.finished
         if output.finished and sample.finish_reason is None:
             sample.finish_reason, sample.stop_reason = output.finish_reason, output.stop_reason
+        if sample.finish_reason is not None and sample.detokenizer is not None:
+            sample.detokenizer.finish()  # release a trailing partial character, if any
         return stopped_by_string
 
     def _store_prompt_logprobs(self, state: _RequestState, first_token: int,

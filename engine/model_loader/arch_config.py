@@ -25,7 +25,8 @@ class ArchConfig:
     rope_scaling: dict[str, Any] | None  # None or {"rope_type": "linear" | "llama3", ...}
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool
+    attention_bias: bool  # biases on q/k/v
+    o_proj_bias: bool
     mlp_bias: bool
     sliding_window: int | None
     bos_token_id: int | None
@@ -67,8 +68,9 @@ def parse_arch_config(config: dict[str, Any]) -> ArchConfig:
         rope_scaling=_rope_scaling(config),
         max_position_embeddings=config.get("max_position_embeddings", 2048),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        # Qwen2 always has q/k/v biases; Llama declares them with `attention_bias`.
+        # Qwen2 always has q/k/v biases (and none on o_proj); Llama's `attention_bias` sets all four.
         attention_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+        o_proj_bias=model_type != "qwen2" and bool(config.get("attention_bias", False)),
         mlp_bias=bool(config.get("mlp_bias", False)),
         sliding_window=_sliding_window(config),
         bos_token_id=config.get("bos_token_id"),

@@ -8,7 +8,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from fleetlm.engine.model_loader.gguf_loader import config_from_reader, open_gguf, weights_from_reader
+from fleetlm.engine.model_loader.gguf_loader import (
+    config_from_reader,
+    open_gguf,
+    weights_from_reader,
+)
 from fleetlm.engine.model_loader.safetensors_loader import (
     SAFETENSORS_INDEX_NAME,
     SAFETENSORS_SINGLE_NAME,
@@ -61,7 +65,9 @@ def save_safetensors(weights: Weights, out_dir: Path, max_shard_bytes: int | Non
     if len(shard_files) == 1:
         shard_files[0].rename(out_dir / SAFETENSORS_SINGLE_NAME)
         return
-    names = [f"model-{i + 1:05d}-of-{len(shard_files):05d}.safetensors" for i in range(len(shard_files))]
+    names = [
+        f"model-{i + 1:05d}-of-{len(shard_files):05d}.safetensors" for i in range(len(shard_files))
+    ]
     for file, name in zip(shard_files, names, strict=True):
         file.rename(out_dir / name)
     index = {
@@ -79,11 +85,17 @@ def save_gguf_tokenizer(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def _iter_shards(weights: Weights, max_shard_bytes: int | None) -> Iterator[dict[str, torch.Tensor]]:
+def _iter_shards(
+    weights: Weights, max_shard_bytes: int | None
+) -> Iterator[dict[str, torch.Tensor]]:
     shard: dict[str, torch.Tensor] = {}
     shard_bytes = 0
     for name, tensor in weights:
-        if shard and max_shard_bytes is not None and shard_bytes + _num_bytes(tensor) > max_shard_bytes:
+        if (
+            shard
+            and max_shard_bytes is not None
+            and shard_bytes + _num_bytes(tensor) > max_shard_bytes
+        ):
             yield shard
             shard, shard_bytes = {}, 0
         shard[name] = tensor.contiguous()

@@ -35,7 +35,9 @@ def resolve_model_source(model: str | Path) -> ModelSource:
         return ModelSource(path=gguf_files[0], kind="gguf")
     if gguf_files:
         names = ", ".join(file.name for file in gguf_files)
-        raise ModelNotFoundError(f"model path '{model}' holds several .gguf files ({names}); pass one")
+        raise ModelNotFoundError(
+            f"model path '{model}' holds several .gguf files ({names}); pass one"
+        )
     raise ModelNotFoundError(f"model path '{model}' has no config.json or .gguf file")
 
 

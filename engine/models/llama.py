@@ -36,7 +36,7 @@ class LlamaAttention(nn.Module):
         self.shard_sizes = (self.q_size, self.kv_size, self.kv_size)
         self.scale = self.head_dim**-0.5
         self.qkv_proj = nn.Linear(arch.hidden_size, sum(self.shard_sizes), bias=arch.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, arch.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.q_size, arch.hidden_size, bias=arch.o_proj_bias)
         self.rotary_emb = RotaryEmbedding(self.head_dim, max_position, arch.rope_theta,
                                           arch.rope_scaling)
 
