@@ -114,9 +114,15 @@ def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -
     """
     q = torch.empty_like(probs)
     if len(generators) < probs.shape[0]:
-        q.exponential_()
+        exponential_(q)
     for row, generator in generators.items():
-        q[row].exponential_(generator=generator)
+        exponential_(q[row], generator)
     # q == 0 would turn a zero probability into 0 / 0 = nan, which argmax picks.
     q = q.clamp_min(torch.finfo(q.dtype).tiny)
     return probs.div(q).argmax(dim=-1)
+
+
+def exponential_(q: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill `q` with Exponential(1) draws as -log(U), U ~ Uniform[0, 1): on CPU several times
+    faster than `Tensor.exponential_` (U = 0 gives q = inf, i.e. that token is never chosen)."""
+    return q.uniform_(generator=generator).log_().neg_()

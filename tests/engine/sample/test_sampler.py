@@ -273,10 +273,10 @@ def test_seeded_row_ignores_batch(row_params: SamplingParams, position: int):
 
 
 def test_seeded_row_draws_one_exponential_per_vocab_entry():
-    """The contract callers rely on: a row's noise is `torch.empty(vocab).exponential_(g)`."""
+    """The contract callers rely on: a row's noise is -log(U) of one vocab-sized uniform draw."""
     probs = torch.softmax(random_logits(3, vocab_size=64), dim=-1)
     sampled = random_sample(probs, {1: torch.Generator().manual_seed(5)})
-    q = torch.empty(64).exponential_(generator=torch.Generator().manual_seed(5))
+    q = -torch.empty(64).uniform_(generator=torch.Generator().manual_seed(5)).log()
     assert sampled[1].item() == (probs[1] / q).argmax().item()
 
 
