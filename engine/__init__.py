@@ -24,7 +24,15 @@ _LAZY_NAMES = {
     "ModelNotFoundError": "fleetlm.engine.errors",
 }
 
-__all__ = sorted(_LAZY_NAMES)
+__all__ = [
+    "LLM",
+    "CompletionOutput",
+    "InvalidRequestError",
+    "Logprob",
+    "ModelNotFoundError",
+    "RequestOutput",
+    "SamplingParams",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -85,9 +85,12 @@ class EngineArgs:
             num_blocks_override=self.num_gpu_blocks_override,
         )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
         max_batched = self.max_num_batched_tokens or (
-            2048 if self.enable_chunked_prefill else max(2048, model.max_model_len))
+            2048 if self.enable_chunked_prefill else max(2048, model.max_model_len)
+        )
         scheduler = SchedulerConfig(
             max_num_seqs=_positive(self.max_num_seqs, "max_num_seqs"),
             max_num_batched_tokens=max_batched,
@@ -158,8 +161,10 @@ def _find_tokenizer(tokenizer: str | None, source: ModelSource) -> str | None:
             raise FileNotFoundError(f"tokenizer path {tokenizer!r} does not exist")
         return tokenizer
     model_dir = source.path if source.kind == "hf" else source.path.parent
-    has_files = any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
-                                                      "tokenizer.model"))
+    has_files = any(
+        (model_dir / f).exists()
+        for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    )
     if has_files:
         return str(model_dir)
     return str(source.path) if source.kind == "gguf" else None

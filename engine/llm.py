@@ -63,8 +63,10 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         prompts = [
             {"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False), "prompt": text}
-            for text in (render_chat(tokenizer, c, chat_template, add_generation_prompt)
-                         for c in conversations)
+            for text in (
+                render_chat(tokenizer, c, chat_template, add_generation_prompt)
+                for c in conversations
+            )
         ]
         return self.generate(prompts, sampling_params, use_tqdm)
 
@@ -79,8 +81,11 @@ class LLM:
                         finished[output.request_id] = output
                         num_output_tokens += sum(len(o.token_ids) for o in output.outputs)
                         progress.update(1)
-                        progress.set_postfix(output_toks_per_s=round(
-                            num_output_tokens / max(progress.format_dict["elapsed"], 1e-6), 1))
+                        progress.set_postfix(
+                            output_toks_per_s=round(
+                                num_output_tokens / max(progress.format_dict["elapsed"], 1e-6), 1
+                            )
+                        )
         except BaseException:
             self.engine.abort_request([r for r in request_ids if r not in finished])
             raise
@@ -98,8 +103,9 @@ def _as_prompt_list(prompts: PromptInput | Sequence[PromptInput]) -> list[Prompt
     return prompts
 
 
-def _as_params_list(params: SamplingParams | Sequence[SamplingParams] | None,
-                    num_prompts: int) -> list[SamplingParams]:
+def _as_params_list(
+    params: SamplingParams | Sequence[SamplingParams] | None, num_prompts: int
+) -> list[SamplingParams]:
     if params is None:
         return [SamplingParams() for _ in range(num_prompts)]
     if isinstance(params, SamplingParams):
@@ -107,6 +113,6 @@ def _as_params_list(params: SamplingParams | Sequence[SamplingParams] | None,
     params = list(params)
     if len(params) != num_prompts:
         raise InvalidRequestError(
-            f"got {len(params)} sampling params for {num_prompts} prompts", param="sampling_params")
+            f"got {len(params)} sampling params for {num_prompts} prompts", param="sampling_params"
+        )
     return params
-

@@ -26,8 +26,9 @@ class LLMEngine:
     def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
         return cls(args.create_engine_config())
 
-    def process_request(self, request_id: str, prompt: PromptInput,
-                        params: SamplingParams) -> ProcessedRequest:
+    def process_request(
+        self, request_id: str, prompt: PromptInput, params: SamplingParams
+    ) -> ProcessedRequest:
         """Validate and tokenize without adding (so a batch can be checked as a whole first)."""
         if request_id in self.output_processor.requests:
             raise ValueError(f"request id {request_id!r} is already in use")

@@ -70,10 +70,15 @@ class OutputProcessor:
 
     def add_request(self, request: ProcessedRequest) -> None:
         params = request.sampling_params
-        samples = [_SampleState(index=i, detokenizer=self._detokenizer(request),
-                                logprobs=[] if params.logprobs is not None else None,
-                                cumulative_logprob=0.0 if params.logprobs is not None else None)
-                   for i in range(params.n)]
+        samples = [
+            _SampleState(
+                index=i,
+                detokenizer=self._detokenizer(request),
+                logprobs=[] if params.logprobs is not None else None,
+                cumulative_logprob=0.0 if params.logprobs is not None else None,
+            )
+            for i in range(params.n)
+        ]
         prompt_logprobs = None
         if params.prompt_logprobs is not None:
             prompt_logprobs = [None] * len(request.prompt_token_ids)
@@ -119,8 +124,10 @@ class OutputProcessor:
         if self.tokenizer is None or not params.detokenize:
             return None
         return IncrementalDetokenizer(
-            self.tokenizer, request.prompt_token_ids,
-            skip_special_tokens=params.skip_special_tokens, stop=params.stop,
+            self.tokenizer,
+            request.prompt_token_ids,
+            skip_special_tokens=params.skip_special_tokens,
+            stop=params.stop,
             include_stop_str_in_output=params.include_stop_str_in_output,
         )
 
@@ -131,7 +138,8 @@ class OutputProcessor:
             positions = self._position_logprobs(output.new_logprobs)
             sample.logprobs.extend(positions)
             sample.cumulative_logprob += sum(
-                p[t].logprob for p, t in zip(positions, output.new_token_ids, strict=False))
+                p[t].logprob for p, t in zip(positions, output.new_token_ids, strict=False)
+            )
         stopped_by_string = False
         if sample.detokenizer is not None and output.new_token_ids:
             stop_string = sample.detokenizer.update(output.new_token_ids)
@@ -144,16 +152,18 @@ class OutputProcessor:
             sample.detokenizer.finish()  # release a trailing partial character, if any
         return stopped_by_string
 
-    def _store_prompt_logprobs(self, state: _RequestState, first_token: int,
-                               logprobs: TokenLogprobs) -> None:
+    def _store_prompt_logprobs(
+        self, state: _RequestState, first_token: int, logprobs: TokenLogprobs
+    ) -> None:
         """Stored by position: a chunk recomputed after preemption overwrites, never repeats."""
         for offset, position in enumerate(self._position_logprobs(logprobs)):
             state.prompt_logprobs[first_token + offset] = position
 
     def _position_logprobs(self, logprobs: TokenLogprobs) -> list[PositionLogprobs]:
         positions = []
-        for token_ids, values, rank in zip(logprobs.token_ids, logprobs.logprobs, logprobs.ranks,
-                                           strict=True):
+        for token_ids, values, rank in zip(
+            logprobs.token_ids, logprobs.logprobs, logprobs.ranks, strict=True
+        ):
             entry: PositionLogprobs = {}
             for i, (token_id, value) in enumerate(zip(token_ids, values, strict=True)):
                 if token_id in entry:
@@ -161,7 +171,9 @@ class OutputProcessor:
                 entry[token_id] = Logprob(
                     logprob=value,
                     rank=rank if i == 0 else i,
-                    decoded_token=decode_token(self.tokenizer, token_id) if self.tokenizer else None,
+                    decoded_token=decode_token(self.tokenizer, token_id)
+                    if self.tokenizer
+                    else None,
                 )
             positions.append(entry)
         return positions

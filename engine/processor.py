@@ -24,12 +24,19 @@ class ProcessedRequest:
 
 
 class Processor:
-    def __init__(self, model_config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None) -> None:
+    def __init__(
+        self, model_config: ModelConfig, tokenizer: PreTrainedTokenizerBase | None
+    ) -> None:
         self.model_config = model_config
         self.tokenizer = tokenizer
 
-    def process(self, request_id: str, prompt: PromptInput,
-                params: SamplingParams, arrival_time: float | None = None) -> ProcessedRequest:
+    def process(
+        self,
+        request_id: str,
+        prompt: PromptInput,
+        params: SamplingParams,
+        arrival_time: float | None = None,
+    ) -> ProcessedRequest:
         """Validate and tokenize; raise `InvalidRequestError` and change nothing on bad input."""
         text, token_ids = self._tokenize(prompt)
         self._check_prompt(token_ids)
@@ -49,12 +56,14 @@ class Processor:
             if "prompt" in prompt:
                 prompt = prompt["prompt"]
             else:
-                raise InvalidRequestError("a prompt dict needs 'prompt' or 'prompt_token_ids'",
-                                          param="prompt")
+                raise InvalidRequestError(
+                    "a prompt dict needs 'prompt' or 'prompt_token_ids'", param="prompt"
+                )
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise InvalidRequestError(
-                    "this engine has no tokenizer: give prompts as token ids", param="prompt")
+                    "this engine has no tokenizer: give prompts as token ids", param="prompt"
+                )
             return prompt, self.tokenizer.encode(prompt)
         return None, _as_token_ids(prompt)
 
@@ -65,31 +74,43 @@ class Processor:
         if len(token_ids) > max_len:
             raise InvalidRequestError(
                 f"the prompt ({len(token_ids)} tokens) is longer than the maximum model length "
-                f"({max_len} tokens)", param="prompt")
+                f"({max_len} tokens)",
+                param="prompt",
+            )
         vocab_size = self.model_config.arch.vocab_size
         bad = next((t for t in token_ids if not 0 <= t < vocab_size), None)
         if bad is not None:
             raise InvalidRequestError(
-                f"token id {bad} is outside the vocabulary [0, {vocab_size})", param="prompt")
+                f"token id {bad} is outside the vocabulary [0, {vocab_size})", param="prompt"
+            )
 
     def _check_params(self, params: SamplingParams) -> None:
         if not isinstance(params, SamplingParams):
-            raise InvalidRequestError("sampling_params must be a SamplingParams", param="sampling_params")
+            raise InvalidRequestError(
+                "sampling_params must be a SamplingParams", param="sampling_params"
+            )
         max_logprobs = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
             if value is not None and value > max_logprobs:
                 raise InvalidRequestError(
-                    f"{name} ({value}) exceeds the maximum ({max_logprobs})", param=name)
+                    f"{name} ({value}) exceeds the maximum ({max_logprobs})", param=name
+                )
         vocab_size = self.model_config.arch.vocab_size
         if any(t >= vocab_size for t in params.stop_token_ids):
-            raise InvalidRequestError("stop_token_ids must be inside the vocabulary",
-                                      param="stop_token_ids")
+            raise InvalidRequestError(
+                "stop_token_ids must be inside the vocabulary", param="stop_token_ids"
+            )
         if self.tokenizer is None and params.stop:
             raise InvalidRequestError("stop strings need a tokenizer", param="stop")
 
-    def _fan_out(self, request_id: str, token_ids: list[int], params: SamplingParams,
-                 arrival_time: float | None) -> list[EngineCoreRequest]:
+    def _fan_out(
+        self,
+        request_id: str,
+        token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float | None,
+    ) -> list[EngineCoreRequest]:
         """One engine-core request per sample; samples 1..n-1 share sample 0's prompt blocks."""
         if params.n == 1:
             ids = [request_id]
@@ -116,5 +137,7 @@ def _as_token_ids(value: Any) -> list[int]:
     if not isinstance(value, list | tuple) or not all(
         isinstance(t, int) and not isinstance(t, bool) for t in value
     ):
-        raise InvalidRequestError("a prompt must be a string or a list of token ids", param="prompt")
+        raise InvalidRequestError(
+            "a prompt must be a string or a list of token ids", param="prompt"
+        )
     return list(value)

@@ -46,34 +46,70 @@ class SamplingParams:
 
     def _validate(self) -> None:
         _check(isinstance(self.n, int) and self.n >= 1, "n", f"n must be at least 1, got {self.n}")
-        _check(self.temperature >= 0.0, "temperature",
-               f"temperature must be non-negative, got {self.temperature}")
+        _check(
+            self.temperature >= 0.0,
+            "temperature",
+            f"temperature must be non-negative, got {self.temperature}",
+        )
         _check(0.0 < self.top_p <= 1.0, "top_p", f"top_p must be in (0, 1], got {self.top_p}")
-        _check(isinstance(self.top_k, int) and self.top_k >= -1, "top_k",
-               f"top_k must be -1 or 0 (disabled) or a positive integer, got {self.top_k}")
+        _check(
+            isinstance(self.top_k, int) and self.top_k >= -1,
+            "top_k",
+            f"top_k must be -1 or 0 (disabled) or a positive integer, got {self.top_k}",
+        )
         _check(0.0 <= self.min_p <= 1.0, "min_p", f"min_p must be in [0, 1], got {self.min_p}")
-        _check(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty",
-               f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
-        _check(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty",
-               f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
-        _check(self.repetition_penalty > 0.0, "repetition_penalty",
-               f"repetition_penalty must be positive, got {self.repetition_penalty}")
-        _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
-               "max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}")
-        _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens",
-               f"min_tokens must be non-negative, got {self.min_tokens}")
-        _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
-               f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        _check(
+            -2.0 <= self.presence_penalty <= 2.0,
+            "presence_penalty",
+            f"presence_penalty must be in [-2, 2], got {self.presence_penalty}",
+        )
+        _check(
+            -2.0 <= self.frequency_penalty <= 2.0,
+            "frequency_penalty",
+            f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}",
+        )
+        _check(
+            self.repetition_penalty > 0.0,
+            "repetition_penalty",
+            f"repetition_penalty must be positive, got {self.repetition_penalty}",
+        )
+        _check(
+            self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+            "max_tokens",
+            f"max_tokens must be at least 1, got {self.max_tokens}",
+        )
+        _check(
+            isinstance(self.min_tokens, int) and self.min_tokens >= 0,
+            "min_tokens",
+            f"min_tokens must be non-negative, got {self.min_tokens}",
+        )
+        _check(
+            self.max_tokens is None or self.min_tokens <= self.max_tokens,
+            "min_tokens",
+            f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
+        )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, int) and value >= 0), name,
-                   f"{name} must be a non-negative integer, got {value}")
-        _check(self.seed is None or isinstance(self.seed, int), "seed",
-               f"seed must be an integer, got {self.seed!r}")
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop",
-               "stop must be a list of non-empty strings")
-        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
-               "stop_token_ids must be non-negative integers")
+            _check(
+                value is None or (isinstance(value, int) and value >= 0),
+                name,
+                f"{name} must be a non-negative integer, got {value}",
+            )
+        _check(
+            self.seed is None or isinstance(self.seed, int),
+            "seed",
+            f"seed must be an integer, got {self.seed!r}",
+        )
+        _check(
+            all(isinstance(s, str) and s for s in self.stop),
+            "stop",
+            "stop must be a list of non-empty strings",
+        )
+        _check(
+            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+            "stop_token_ids",
+            "stop_token_ids must be non-negative integers",
+        )
 
     @property
     def is_greedy(self) -> bool:
@@ -81,8 +117,11 @@ class SamplingParams:
 
     @property
     def has_penalties(self) -> bool:
-        return (self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
-                or self.repetition_penalty != 1.0)
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
 
     def for_sample(self, index: int) -> "SamplingParams":
         """The parameters of sample `index` of an `n > 1` request: one sample each, a distinct

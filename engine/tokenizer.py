@@ -28,12 +28,17 @@ def render_chat(
     if not messages:
         raise InvalidRequestError("messages must not be empty", param="messages")
     if chat_template is None and tokenizer.chat_template is None:
-        raise InvalidRequestError("the model has no chat template; pass chat_template",
-                                  param="chat_template")
+        raise InvalidRequestError(
+            "the model has no chat template; pass chat_template", param="chat_template"
+        )
     for message in messages:
         if not isinstance(message, dict) or "role" not in message:
-            raise InvalidRequestError("each message needs a 'role' and a 'content'", param="messages")
+            raise InvalidRequestError(
+                "each message needs a 'role' and a 'content'", param="messages"
+            )
     return tokenizer.apply_chat_template(
-        messages, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+        messages,
+        chat_template=chat_template,
+        add_generation_prompt=add_generation_prompt,
         tokenize=False,
     )

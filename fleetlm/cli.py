@@ -18,12 +18,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
-        "convert-gguf", help="convert a GGUF model (default: the bundled SmolLM2) to a Hugging "
-        "Face directory")
+        "convert-gguf",
+        help="convert a GGUF model (default: the bundled SmolLM2) to a Hugging Face directory",
+    )
     convert.add_argument("gguf", nargs="?", help="GGUF file (default: the bundled SmolLM2)")
     convert.add_argument("--output", help="output directory (default: the fleetlm model cache)")
-    convert.add_argument("--max-shard-size-mb", type=int, default=None,
-                         help="split the weights into safetensors shards of at most this size")
+    convert.add_argument(
+        "--max-shard-size-mb",
+        type=int,
+        default=None,
+        help="split the weights into safetensors shards of at most this size",
+    )
     convert.set_defaults(handler=_convert)
 
     chat = commands.add_parser("chat", help="answer one message with the model's chat template")
@@ -39,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="HF directory or GGUF file (default: bundled SmolLM2)")
+    parser.add_argument(
+        "--model", default=None, help="HF directory or GGUF file (default: bundled SmolLM2)"
+    )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=None)
@@ -68,8 +75,9 @@ def _chat(args: argparse.Namespace) -> int:
     from fleetlm.engine import LLM
 
     llm = LLM(args.model)
-    output = llm.chat([{"role": "user", "content": args.message}], _sampling_params(args),
-                      use_tqdm=False)[0]
+    output = llm.chat(
+        [{"role": "user", "content": args.message}], _sampling_params(args), use_tqdm=False
+    )[0]
     print(output.outputs[0].text)
     return 0
 

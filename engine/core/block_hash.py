@@ -30,5 +30,7 @@ def extend_block_hashes(
     """Append the hashes of the full blocks of `token_ids` not yet in `block_hashes`."""
     for start in range(len(block_hashes) * block_size, len(token_ids) - block_size + 1, block_size):
         parent = block_hashes[-1] if block_hashes else None
-        block_hashes.append(hash_block_tokens(parent, token_ids[start : start + block_size], extra_keys))
+        block_hashes.append(
+            hash_block_tokens(parent, token_ids[start : start + block_size], extra_keys)
+        )
     return block_hashes

@@ -34,20 +34,23 @@ class EngineCore:
                 f"max_model_len ({config.scheduler.max_model_len}): give it more memory or "
                 "lower max_model_len"
             )
-        kv_cache_manager = KVCacheManager(num_blocks, config.cache.block_size,
-                                          config.cache.enable_prefix_caching)
+        kv_cache_manager = KVCacheManager(
+            num_blocks, config.cache.block_size, config.cache.enable_prefix_caching
+        )
         self.scheduler = Scheduler(config.scheduler, kv_cache_manager)
 
     def add_request(self, request: EngineCoreRequest) -> None:
         leader = self.scheduler.requests.get(request.leader_id) if request.leader_id else None
-        self.scheduler.add_request(Request(
-            request_id=request.request_id,
-            prompt_token_ids=request.prompt_token_ids,
-            sampling_params=request.sampling_params,
-            eos_token_ids=request.eos_token_ids,
-            leader=leader,
-            arrival_time=request.arrival_time,
-        ))
+        self.scheduler.add_request(
+            Request(
+                request_id=request.request_id,
+                prompt_token_ids=request.prompt_token_ids,
+                sampling_params=request.sampling_params,
+                eos_token_ids=request.eos_token_ids,
+                leader=leader,
+                arrival_time=request.arrival_time,
+            )
+        )
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)

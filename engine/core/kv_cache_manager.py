@@ -48,7 +48,9 @@ class KVCacheManager:
         """
         if not self.enable_caching or request.sampling_params.prompt_logprobs is not None:
             return []
-        block_hashes = extend_block_hashes(request.block_hashes, request.all_token_ids, self.block_size)
+        block_hashes = extend_block_hashes(
+            request.block_hashes, request.all_token_ids, self.block_size
+        )
         max_hit_blocks = (request.num_tokens - 1) // self.block_size
         hits = []
         for block_hash in block_hashes[:max_hit_blocks]:
@@ -62,8 +64,10 @@ class KVCacheManager:
 
     def get_shared_prompt_blocks(self, follower: Request, leader: Request) -> list[KVCacheBlock]:
         """For sample i > 0 of an n > 1 request: the leader's computed full prompt blocks."""
-        num_blocks = min((follower.num_prompt_tokens - 1) // self.block_size,
-                         leader.num_computed_tokens // self.block_size)
+        num_blocks = min(
+            (follower.num_prompt_tokens - 1) // self.block_size,
+            leader.num_computed_tokens // self.block_size,
+        )
         return self.req_to_blocks.get(leader.request_id, [])[:num_blocks]
 
     def allocate_slots(
@@ -100,7 +104,9 @@ class KVCacheManager:
     def reset_prefix_cache(self) -> bool:
         return self.pool.reset_prefix_cache()
 
-    def _cache_full_blocks(self, request: Request, blocks: list[KVCacheBlock], num_tokens: int) -> None:
+    def _cache_full_blocks(
+        self, request: Request, blocks: list[KVCacheBlock], num_tokens: int
+    ) -> None:
         """Index the blocks that are full once this step's tokens are written."""
         if not self.enable_caching:
             return
@@ -108,6 +114,8 @@ class KVCacheManager:
         num_cached = self.num_cached_blocks.get(request.request_id, 0)
         if num_full <= num_cached:
             return
-        block_hashes = extend_block_hashes(request.block_hashes, request.all_token_ids, self.block_size)
+        block_hashes = extend_block_hashes(
+            request.block_hashes, request.all_token_ids, self.block_size
+        )
         self.pool.cache_blocks(blocks[num_cached:num_full], block_hashes[num_cached:num_full])
         self.num_cached_blocks[request.request_id] = num_full

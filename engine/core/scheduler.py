@@ -100,8 +100,13 @@ class Scheduler:
             new_blocks = self._allocate_or_preempt(request, num_new)
             if new_blocks is None:  # the request itself was preempted
                 break
-            cached_reqs.append(CachedRequestData(
-                request.request_id, [b.block_id for b in new_blocks], request.num_computed_tokens))
+            cached_reqs.append(
+                CachedRequestData(
+                    request.request_id,
+                    [b.block_id for b in new_blocks],
+                    request.num_computed_tokens,
+                )
+            )
             budget -= self._mark_scheduled(request, num_new, num_scheduled)
             index += 1
         if self.num_preemptions == num_preemptions_before:  # no admissions under memory pressure
@@ -122,8 +127,9 @@ class Scheduler:
     ) -> list[EngineCoreOutput]:
         """Append the sampled tokens, stop finished requests, and report what changed."""
         outputs = []
-        for request_id, token_ids in zip(runner_output.req_ids, runner_output.sampled_token_ids,
-                                         strict=True):
+        for request_id, token_ids in zip(
+            runner_output.req_ids, runner_output.sampled_token_ids, strict=True
+        ):
             request = self.requests.get(request_id)
             if request is None or request.is_finished:
                 continue
@@ -135,15 +141,17 @@ class Scheduler:
                     break
             prompt_logprobs = runner_output.prompt_logprobs.get(request_id)
             if new_token_ids or prompt_logprobs or request.is_finished:
-                outputs.append(EngineCoreOutput(
-                    request_id=request_id,
-                    new_token_ids=new_token_ids,
-                    new_logprobs=runner_output.logprobs.get(request_id),
-                    new_prompt_logprobs=prompt_logprobs,
-                    finish_reason=request.status.finish_reason,
-                    stop_reason=request.stop_reason,
-                    num_cached_tokens=request.num_cached_tokens,
-                ))
+                outputs.append(
+                    EngineCoreOutput(
+                        request_id=request_id,
+                        new_token_ids=new_token_ids,
+                        new_logprobs=runner_output.logprobs.get(request_id),
+                        new_prompt_logprobs=prompt_logprobs,
+                        finish_reason=request.status.finish_reason,
+                        stop_reason=request.stop_reason,
+                        num_cached_tokens=request.num_cached_tokens,
+                    )
+                )
             if request.is_finished:
                 self.running.remove(request)
                 self._free_request(request)
@@ -203,14 +211,16 @@ class Scheduler:
             request.num_computed_tokens = num_computed
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_computed
-            new_reqs.append(NewRequestData(
-                req_id=request.request_id,
-                token_ids=list(request.all_token_ids),
-                num_prompt_tokens=request.num_prompt_tokens,
-                sampling_params=request.sampling_params,
-                block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
-                num_computed_tokens=num_computed,
-            ))
+            new_reqs.append(
+                NewRequestData(
+                    req_id=request.request_id,
+                    token_ids=list(request.all_token_ids),
+                    num_prompt_tokens=request.num_prompt_tokens,
+                    sampling_params=request.sampling_params,
+                    block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
+                    num_computed_tokens=num_computed,
+                )
+            )
             budget -= self._mark_scheduled(request, num_new, num_scheduled)
         self.waiting.extendleft(reversed(deferred))
         return budget
@@ -243,8 +253,9 @@ class Scheduler:
         elif last_token_id in params.stop_token_ids:
             request.status = RequestStatus.FINISHED_STOPPED
             request.stop_reason = last_token_id
-        elif (request.num_tokens >= self.config.max_model_len
-              or (params.max_tokens is not None and request.num_output_tokens >= params.max_tokens)):
+        elif request.num_tokens >= self.config.max_model_len or (
+            params.max_tokens is not None and request.num_output_tokens >= params.max_tokens
+        ):
             request.status = RequestStatus.FINISHED_LENGTH_CAPPED
         return request.is_finished
 

@@ -50,12 +50,16 @@ def paged_attention(
         metadata.chunk_query_lens, metadata.chunk_seq_lens, metadata.chunk_block_tables, strict=True
     ):
         end = start + query_len
-        output[start:end] = _chunk_attention(query[start:end], kv_cache, block_table, seq_len, scale)
+        output[start:end] = _chunk_attention(
+            query[start:end], kv_cache, block_table, seq_len, scale
+        )
         start = end
     return output
 
 
-def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_kv(
+    kv_cache: torch.Tensor, block_table: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of the blocks in `block_table` ([..., num_blocks]) as [..., tokens, heads, dim]."""
     key = kv_cache[0][block_table]
     value = kv_cache[1][block_table]
@@ -90,7 +94,12 @@ def _chunk_attention(query, kv_cache, block_table, seq_len, scale):
         mask = torch.arange(seq_len, device=query.device)[None, :] <= query_pos[:, None]
         is_causal = False
     out = F.scaled_dot_product_attention(
-        query.transpose(0, 1), key, value, attn_mask=mask, is_causal=is_causal, scale=scale,
+        query.transpose(0, 1),
+        key,
+        value,
+        attn_mask=mask,
+        is_causal=is_causal,
+        scale=scale,
         enable_gqa=True,
     )
     return out.transpose(0, 1)

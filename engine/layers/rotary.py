@@ -35,8 +35,9 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.T
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, max_position: int, base: float,
-                 scaling: dict[str, Any] | None) -> None:
+    def __init__(
+        self, head_dim: int, max_position: int, base: float, scaling: dict[str, Any] | None
+    ) -> None:
         super().__init__()
         inv_freq = rope_inv_freq(head_dim, base, scaling)
         freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)

@@ -37,11 +37,17 @@ class LlamaAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.qkv_proj = nn.Linear(arch.hidden_size, sum(self.shard_sizes), bias=arch.attention_bias)
         self.o_proj = nn.Linear(self.q_size, arch.hidden_size, bias=arch.o_proj_bias)
-        self.rotary_emb = RotaryEmbedding(self.head_dim, max_position, arch.rope_theta,
-                                          arch.rope_scaling)
+        self.rotary_emb = RotaryEmbedding(
+            self.head_dim, max_position, arch.rope_theta, arch.rope_scaling
+        )
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor,
-                metadata: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split(self.shard_sizes, dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -56,7 +62,9 @@ class LlamaMLP(nn.Module):
     def __init__(self, arch: ArchConfig) -> None:
         super().__init__()
         self.shard_sizes = (arch.intermediate_size, arch.intermediate_size)
-        self.gate_up_proj = nn.Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=arch.mlp_bias)
+        self.gate_up_proj = nn.Linear(
+            arch.hidden_size, 2 * arch.intermediate_size, bias=arch.mlp_bias
+        )
         self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=arch.mlp_bias)
         self.act = SiluAndMul()
 
@@ -73,7 +81,9 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
 
     def forward(self, positions, hidden, kv_cache, metadata):
-        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), kv_cache, metadata)
+        hidden = hidden + self.self_attn(
+            positions, self.input_layernorm(hidden), kv_cache, metadata
+        )
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -119,7 +129,9 @@ class LlamaForCausalLM(nn.Module):
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
-            if "rotary_emb.inv_freq" in name or (name == "lm_head.weight" and self.arch.tie_word_embeddings):
+            if "rotary_emb.inv_freq" in name or (
+                name == "lm_head.weight" and self.arch.tie_word_embeddings
+            ):
                 continue
             target, shard = self._param_target(name)
             if target not in params:
@@ -144,15 +156,21 @@ class LlamaForCausalLM(nn.Module):
         return None
 
 
-def _copy_shard(param: nn.Parameter, tensor: torch.Tensor, shard: int | None,
-                shard_sizes: tuple[int, ...] | None) -> None:
+def _copy_shard(
+    param: nn.Parameter,
+    tensor: torch.Tensor,
+    shard: int | None,
+    shard_sizes: tuple[int, ...] | None,
+) -> None:
     if shard is None:
         target = param.data
     else:
         offset = sum(shard_sizes[:shard])
         target = param.data.narrow(0, offset, shard_sizes[shard])
     if target.shape != tensor.shape:
-        raise ValueError(f"shape mismatch: checkpoint {tuple(tensor.shape)} vs parameter {tuple(target.shape)}")
+        raise ValueError(
+            f"shape mismatch: checkpoint {tuple(tensor.shape)} vs parameter {tuple(target.shape)}"
+        )
     target.copy_(tensor)
 
 

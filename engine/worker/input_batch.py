@@ -69,8 +69,10 @@ def prepare_inputs(
         first_row = len(input_ids)
         input_ids.extend(state.token_ids[start:end])
         positions.extend(range(start, end))
-        slots.extend(state.block_ids[p // block_size] * block_size + p % block_size
-                     for p in range(start, end))
+        slots.extend(
+            state.block_ids[p // block_size] * block_size + p % block_size
+            for p in range(start, end)
+        )
         if end == len(state.token_ids):
             sampling_req_ids.append(req_id)
             logits_rows.append(len(input_ids) - 1)
@@ -92,8 +94,9 @@ def prepare_inputs(
     )
 
 
-def _prompt_logprobs_span(state: CachedRequestState, start: int, end: int,
-                          first_row: int) -> PromptLogprobsSpan | None:
+def _prompt_logprobs_span(
+    state: CachedRequestState, start: int, end: int, first_row: int
+) -> PromptLogprobsSpan | None:
     """Position p's logits score prompt token p + 1, for p in [start, min(end, P - 1))."""
     if state.sampling_params.prompt_logprobs is None:
         return None
@@ -105,22 +108,25 @@ def _prompt_logprobs_span(state: CachedRequestState, start: int, end: int,
 
 def _attention_metadata(states, req_ids, num_scheduled, slot_mapping, device) -> AttentionMetadata:
     decode_ids = [r for r in req_ids if num_scheduled[r] == 1]
-    chunk_ids = req_ids[len(decode_ids):]
+    chunk_ids = req_ids[len(decode_ids) :]
 
     def seq_len(req_id: str) -> int:
         return states[req_id].num_computed_tokens + num_scheduled[req_id]
 
     max_blocks = max((len(states[r].block_ids) for r in decode_ids), default=0)
-    decode_tables = [states[r].block_ids + [0] * (max_blocks - len(states[r].block_ids))
-                     for r in decode_ids]
+    decode_tables = [
+        states[r].block_ids + [0] * (max_blocks - len(states[r].block_ids)) for r in decode_ids
+    ]
     return AttentionMetadata(
         slot_mapping=slot_mapping,
         num_decodes=len(decode_ids),
         decode_block_tables=torch.tensor(decode_tables, dtype=torch.int64, device=device),
-        decode_seq_lens=torch.tensor([seq_len(r) for r in decode_ids], dtype=torch.int64,
-                                     device=device),
+        decode_seq_lens=torch.tensor(
+            [seq_len(r) for r in decode_ids], dtype=torch.int64, device=device
+        ),
         chunk_query_lens=[num_scheduled[r] for r in chunk_ids],
         chunk_seq_lens=[seq_len(r) for r in chunk_ids],
-        chunk_block_tables=[torch.tensor(states[r].block_ids, dtype=torch.int64, device=device)
-                            for r in chunk_ids],
+        chunk_block_tables=[
+            torch.tensor(states[r].block_ids, dtype=torch.int64, device=device) for r in chunk_ids
+        ],
     )

@@ -18,8 +18,9 @@ def bytes_per_block(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> in
     return 2 * arch.num_hidden_layers * block_size * arch.num_key_value_heads * arch.head_dim * elem
 
 
-def num_blocks_for_budget(cache: CacheConfig, arch: ArchConfig, dtype: torch.dtype,
-                          device: torch.device) -> int:
+def num_blocks_for_budget(
+    cache: CacheConfig, arch: ArchConfig, dtype: torch.dtype, device: torch.device
+) -> int:
     """Blocks fitting the budget: GiB on CPU; on CUDA a fraction of the device memory,
     minus what the weights and the activations of a profiling pass already use."""
     if cache.num_blocks_override is not None:
@@ -31,16 +32,25 @@ def num_blocks_for_budget(cache: CacheConfig, arch: ArchConfig, dtype: torch.dty
     peak = torch.cuda.max_memory_allocated(device)
     budget = int(total * cache.gpu_memory_utilization) - peak
     if budget <= 0:
-        raise RuntimeError(f"no memory left for the KV cache (peak use {peak / GIB:.2f} GiB of "
-                           f"{total * cache.gpu_memory_utilization / GIB:.2f} GiB allowed)")
+        raise RuntimeError(
+            f"no memory left for the KV cache (peak use {peak / GIB:.2f} GiB of "
+            f"{total * cache.gpu_memory_utilization / GIB:.2f} GiB allowed)"
+        )
     return budget // per_block
 
 
-def allocate_kv_cache(arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
-                      device: torch.device) -> list[torch.Tensor]:
+def allocate_kv_cache(
+    arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
     """Views, one per layer, of [2, num_blocks, block_size, num_kv_heads, head_dim]."""
-    shape = (arch.num_hidden_layers, 2, num_blocks, block_size, arch.num_key_value_heads,
-             arch.head_dim)
+    shape = (
+        arch.num_hidden_layers,
+        2,
+        num_blocks,
+        block_size,
+        arch.num_key_value_heads,
+        arch.head_dim,
+    )
     # Zeroed: masked-out slots are still multiplied by zero weights, so they must be finite.
     kv_cache = torch.zeros(shape, dtype=dtype, device=device)
     return list(kv_cache.unbind(0))

@@ -8,8 +8,8 @@ import torch
 from fleetlm.engine.config import EngineConfig
 from fleetlm.engine.core.scheduler_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from fleetlm.engine.models.llama import LlamaForCausalLM
-from fleetlm.engine.sample.metadata import build_sampling_metadata
 from fleetlm.engine.sample.logprobs import LogprobsTensors, compute_logprobs
+from fleetlm.engine.sample.metadata import build_sampling_metadata
 from fleetlm.engine.sample.sampler import Sampler
 from fleetlm.engine.worker.input_batch import CachedRequestState, ModelInputs, prepare_inputs
 from fleetlm.engine.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
@@ -29,14 +29,24 @@ class ModelRunner:
         torch.manual_seed(config.model.seed)
         started = time.monotonic()
         self.model: LlamaForCausalLM = load_model(config.model, self.device, self.dtype)
-        logger.info("loaded %s (%s) in %.1f s", config.model.model, config.model.dtype,
-                    time.monotonic() - started)
-        self.num_blocks = num_blocks_for_budget(config.cache, config.model.arch, self.dtype,
-                                                self.device)
-        self.kv_caches = allocate_kv_cache(config.model.arch, self.num_blocks, self.block_size,
-                                           self.dtype, self.device)
-        logger.info("KV cache: %d blocks of %d tokens (%d tokens)", self.num_blocks,
-                    self.block_size, self.num_blocks * self.block_size)
+        logger.info(
+            "loaded %s (%s) in %.1f s",
+            config.model.model,
+            config.model.dtype,
+            time.monotonic() - started,
+        )
+        self.num_blocks = num_blocks_for_budget(
+            config.cache, config.model.arch, self.dtype, self.device
+        )
+        self.kv_caches = allocate_kv_cache(
+            config.model.arch, self.num_blocks, self.block_size, self.dtype, self.device
+        )
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%d tokens)",
+            self.num_blocks,
+            self.block_size,
+            self.num_blocks * self.block_size,
+        )
         self.sampler = Sampler()
         self.generator = torch.Generator(self.device).manual_seed(config.model.seed)
         self.seeded_generators: dict[str, torch.Generator] = {}
@@ -55,8 +65,9 @@ class ModelRunner:
             state.num_computed_tokens += scheduler_output.num_scheduled_tokens[state.req_id]
         return ModelRunnerOutput(
             req_ids=inputs.req_ids,
-            sampled_token_ids=[[sampled.tokens[r]] if r in sampled.tokens else []
-                               for r in inputs.req_ids],
+            sampled_token_ids=[
+                [sampled.tokens[r]] if r in sampled.tokens else [] for r in inputs.req_ids
+            ],
             logprobs=sampled.logprobs,
             prompt_logprobs=prompt_logprobs,
         )
@@ -124,8 +135,9 @@ class ModelRunner:
             generators[row] = generator
         return generators
 
-    def _prompt_logprobs(self, hidden: torch.Tensor,
-                         inputs: ModelInputs) -> dict[str, tuple[int, TokenLogprobs]]:
+    def _prompt_logprobs(
+        self, hidden: torch.Tensor, inputs: ModelInputs
+    ) -> dict[str, tuple[int, TokenLogprobs]]:
         result = {}
         for span in inputs.prompt_logprobs_spans:
             state = self.requests[span.req_id]

@@ -25,15 +25,23 @@ def _mixed_batch(tokenizer):
     """32 requests: the test prompts, repeats, longer prompts, and varied max_tokens."""
     long_prompt = " ".join(PROMPTS)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(28)] + [long_prompt] * 2 + PROMPTS[:2]
-    params = [SamplingParams(temperature=0.0, max_tokens=4 + (i % 4) * 4, ignore_eos=True)
-              for i in range(32)]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=4 + (i % 4) * 4, ignore_eos=True)
+        for i in range(32)
+    ]
     return prompts, params
 
 
-def test_greedy_output_is_the_same_alone_and_in_a_chunked_batch_of_32(smollm2_dir, reference,
-                                                                       smollm2_tokenizer):
-    llm = LLM(str(smollm2_dir), **ENGINE_KWARGS, max_num_batched_tokens=48, max_num_seqs=32,
-              enable_prefix_caching=False)
+def test_greedy_output_is_the_same_alone_and_in_a_chunked_batch_of_32(
+    smollm2_dir, reference, smollm2_tokenizer
+):
+    llm = LLM(
+        str(smollm2_dir),
+        **ENGINE_KWARGS,
+        max_num_batched_tokens=48,
+        max_num_seqs=32,
+        enable_prefix_caching=False,
+    )
     prompts, params = _mixed_batch(smollm2_tokenizer)
     outputs = llm.generate(prompts, params, use_tqdm=False)
     for prompt, param, output in zip(prompts, params, outputs, strict=True):
@@ -41,15 +49,24 @@ def test_greedy_output_is_the_same_alone_and_in_a_chunked_batch_of_32(smollm2_di
             assert output.outputs[0].token_ids == reference[prompt][: param.max_tokens], prompt
     # The long prompt is longer than the budget, so it was chunked; check it alone too.
     long_prompt = prompts[28]
-    alone = LLM(str(smollm2_dir), **ENGINE_KWARGS).generate([long_prompt], params[28], use_tqdm=False)
+    alone = LLM(str(smollm2_dir), **ENGINE_KWARGS).generate(
+        [long_prompt], params[28], use_tqdm=False
+    )
     assert _token_ids(alone) == [outputs[28].outputs[0].token_ids]
     assert len(outputs[28].prompt_token_ids) > 48
 
 
 def test_prefix_caching_on_and_off_give_identical_outputs_and_the_second_run_hits(smollm2_dir):
     system = "You are a careful assistant. Answer briefly and precisely. " * 3
-    prompts = [system + question for question in ("Why is the sky blue?", "What is 2+2?",
-                                                   "Name a fruit.", "Who wrote Hamlet?")]
+    prompts = [
+        system + question
+        for question in (
+            "Why is the sky blue?",
+            "What is 2+2?",
+            "Name a fruit.",
+            "Who wrote Hamlet?",
+        )
+    ]
     off = LLM(str(smollm2_dir), **ENGINE_KWARGS, enable_prefix_caching=False)
     expected = _token_ids(off.generate(prompts, GREEDY, use_tqdm=False))
     assert off.engine.get_stats().prefix_cache_hits == 0
@@ -80,8 +97,10 @@ def test_preemption_keeps_outputs_identical_and_returns_every_block(smollm2_dir,
 
 
 def test_seeded_sampling_survives_preemption(smollm2_dir):
-    params = [SamplingParams(temperature=1.0, seed=i, max_tokens=16, ignore_eos=True)
-              for i in range(len(PROMPTS))]
+    params = [
+        SamplingParams(temperature=1.0, seed=i, max_tokens=16, ignore_eos=True)
+        for i in range(len(PROMPTS))
+    ]
     roomy = LLM(str(smollm2_dir), **ENGINE_KWARGS)
     tight = LLM(str(smollm2_dir), max_model_len=128, num_gpu_blocks_override=12)
     expected = _token_ids(roomy.generate(PROMPTS, params, use_tqdm=False))

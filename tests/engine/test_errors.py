@@ -14,37 +14,43 @@ def llm(smollm2_dir):
     return LLM(str(smollm2_dir), **ENGINE_KWARGS)
 
 
-@pytest.mark.parametrize(("kwargs", "param"), [
-    ({"temperature": -0.1}, "temperature"),
-    ({"top_p": 0.0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"top_k": -2}, "top_k"),
-    ({"min_p": 2.0}, "min_p"),
-    ({"n": 0}, "n"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
-    ({"presence_penalty": 3.0}, "presence_penalty"),
-    ({"frequency_penalty": -2.5}, "frequency_penalty"),
-    ({"repetition_penalty": 0.0}, "repetition_penalty"),
-    ({"logprobs": -1}, "logprobs"),
-    ({"stop": [""]}, "stop"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 2.0}, "min_p"),
+        ({"n": 0}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
+        ({"presence_penalty": 3.0}, "presence_penalty"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"logprobs": -1}, "logprobs"),
+        ({"stop": [""]}, "stop"),
+    ],
+)
 def test_invalid_sampling_values_name_the_parameter(kwargs, param):
     with pytest.raises(InvalidRequestError) as error:
         SamplingParams(**kwargs)
     assert error.value.param == param
 
 
-@pytest.mark.parametrize(("prompt", "params", "match"), [
-    ("", SamplingParams(), "empty"),
-    ([], SamplingParams(), "empty"),
-    ("word " * 600, SamplingParams(), "longer than the maximum model length"),
-    ([1, 2, 49152], SamplingParams(), "outside the vocabulary"),
-    ([1, -1], SamplingParams(), "outside the vocabulary"),
-    (["a", "b"], SamplingParams(), "string or a list of token ids"),
-    ("hi", SamplingParams(logprobs=21), "exceeds the maximum"),
-    ("hi", SamplingParams(stop_token_ids=[10**6]), "inside the vocabulary"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "params", "match"),
+    [
+        ("", SamplingParams(), "empty"),
+        ([], SamplingParams(), "empty"),
+        ("word " * 600, SamplingParams(), "longer than the maximum model length"),
+        ([1, 2, 49152], SamplingParams(), "outside the vocabulary"),
+        ([1, -1], SamplingParams(), "outside the vocabulary"),
+        (["a", "b"], SamplingParams(), "string or a list of token ids"),
+        ("hi", SamplingParams(logprobs=21), "exceeds the maximum"),
+        ("hi", SamplingParams(stop_token_ids=[10**6]), "inside the vocabulary"),
+    ],
+)
 def test_bad_requests_raise_and_leave_the_batch_untouched(llm, prompt, params, match):
     good = "The capital of France is"
     with pytest.raises(InvalidRequestError, match=match):

@@ -19,16 +19,24 @@ def _texts(outputs):
 
 
 def test_seeded_sampling_is_reproducible_whatever_the_batch(llm):
-    seeded = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=1234, max_tokens=20,
-                            ignore_eos=True)
+    seeded = SamplingParams(
+        temperature=1.0, top_p=0.9, top_k=50, seed=1234, max_tokens=20, ignore_eos=True
+    )
     alone = llm.generate([PROMPTS[0]], seeded, use_tqdm=False)
     others = [SamplingParams(temperature=1.0, max_tokens=5 + i) for i in range(5)]
-    mixed = llm.generate(PROMPTS[1:4] + [PROMPTS[0]] + PROMPTS[4:6], others[:3] + [seeded] + others[3:],
-                         use_tqdm=False)
+    mixed = llm.generate(
+        [*PROMPTS[1:4], PROMPTS[0], *PROMPTS[4:6]],
+        [*others[:3], seeded, *others[3:]],
+        use_tqdm=False,
+    )
     assert mixed[3].outputs[0].token_ids == alone[0].outputs[0].token_ids
-    other_seed = llm.generate([PROMPTS[0]], SamplingParams(temperature=1.0, top_p=0.9, top_k=50,
-                                                           seed=99, max_tokens=20, ignore_eos=True),
-                              use_tqdm=False)
+    other_seed = llm.generate(
+        [PROMPTS[0]],
+        SamplingParams(
+            temperature=1.0, top_p=0.9, top_k=50, seed=99, max_tokens=20, ignore_eos=True
+        ),
+        use_tqdm=False,
+    )
     assert other_seed[0].outputs[0].token_ids != alone[0].outputs[0].token_ids
 
 
@@ -64,9 +72,17 @@ def test_stop_string_spanning_tokens_is_cut_and_reported(llm):
     assert cut.text == full.text[: full.text.index(stop)]
     assert cut.finish_reason == "stop" and cut.stop_reason == stop
     assert len(cut.token_ids) < len(full.token_ids)
-    kept = llm.generate([PROMPTS[4]], SamplingParams(temperature=0.0, max_tokens=24, stop=[stop],
-                                                     include_stop_str_in_output=True,
-                                                     ignore_eos=True), use_tqdm=False)
+    kept = llm.generate(
+        [PROMPTS[4]],
+        SamplingParams(
+            temperature=0.0,
+            max_tokens=24,
+            stop=[stop],
+            include_stop_str_in_output=True,
+            ignore_eos=True,
+        ),
+        use_tqdm=False,
+    )
     assert kept[0].outputs[0].text == full.text[: full.text.index(stop) + len(stop)]
 
 
@@ -74,9 +90,11 @@ def test_stop_token_ids_min_tokens_and_max_tokens(llm):
     greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     full = llm.generate([PROMPTS[0]], greedy, use_tqdm=False)[0].outputs[0]
     stop_id = full.token_ids[3]
-    stopped = llm.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=12,
-                                                        stop_token_ids=[stop_id], ignore_eos=True),
-                           use_tqdm=False)[0].outputs[0]
+    stopped = llm.generate(
+        [PROMPTS[0]],
+        SamplingParams(temperature=0.0, max_tokens=12, stop_token_ids=[stop_id], ignore_eos=True),
+        use_tqdm=False,
+    )[0].outputs[0]
     first = full.token_ids.index(stop_id)
     assert stopped.token_ids == full.token_ids[: first + 1]
     assert (stopped.finish_reason, stopped.stop_reason) == ("stop", stop_id)
@@ -86,19 +104,31 @@ def test_stop_token_ids_min_tokens_and_max_tokens(llm):
     short = llm.chat(chat, SamplingParams(temperature=0.0, max_tokens=64), use_tqdm=False)[0]
     natural_len = len(short.outputs[0].token_ids)
     assert short.outputs[0].finish_reason == "stop" and natural_len < 64
-    longer = llm.chat(chat, SamplingParams(temperature=0.0, max_tokens=64, min_tokens=natural_len + 5),
-                      use_tqdm=False)[0]
+    longer = llm.chat(
+        chat,
+        SamplingParams(temperature=0.0, max_tokens=64, min_tokens=natural_len + 5),
+        use_tqdm=False,
+    )[0]
     assert len(longer.outputs[0].token_ids) >= natural_len + 5
 
 
 def test_penalties_change_a_repetitive_continuation(llm):
     prompt = "the the the the the the the the"
-    plain = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
-                         use_tqdm=False)[0].outputs[0]
-    penalised = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=12,
-                                                      repetition_penalty=1.5, frequency_penalty=1.0,
-                                                      presence_penalty=1.0, ignore_eos=True),
-                             use_tqdm=False)[0].outputs[0]
+    plain = llm.generate(
+        [prompt], SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True), use_tqdm=False
+    )[0].outputs[0]
+    penalised = llm.generate(
+        [prompt],
+        SamplingParams(
+            temperature=0.0,
+            max_tokens=12,
+            repetition_penalty=1.5,
+            frequency_penalty=1.0,
+            presence_penalty=1.0,
+            ignore_eos=True,
+        ),
+        use_tqdm=False,
+    )[0].outputs[0]
     # Greedy decoding loops ("-the-future-of-the-..."); the penalties push it off its own tokens.
     assert len(set(penalised.token_ids)) > len(set(plain.token_ids))
 

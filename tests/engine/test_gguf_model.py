@@ -12,7 +12,9 @@ pytestmark = pytest.mark.slow
 
 def test_gguf_file_and_converted_directory_generate_the_same(smollm2_gguf, smollm2_dir):
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
-    from_gguf = LLM(str(smollm2_gguf), **ENGINE_KWARGS).generate(PROMPTS[:3], params, use_tqdm=False)
+    from_gguf = LLM(str(smollm2_gguf), **ENGINE_KWARGS).generate(
+        PROMPTS[:3], params, use_tqdm=False
+    )
     from_dir = LLM(str(smollm2_dir), **ENGINE_KWARGS).generate(PROMPTS[:3], params, use_tqdm=False)
     assert [o.outputs[0].text for o in from_gguf] == [o.outputs[0].text for o in from_dir]
     assert [o.prompt_token_ids for o in from_gguf] == [o.prompt_token_ids for o in from_dir]

