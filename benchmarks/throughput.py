@@ -42,11 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument(
-        "--hf-batch-size", type=int, default=64, help="static batch for transformers"
+        "--hf-batch-sizes", default="64,8", help="static batch sizes for transformers, one run each"
     )
     parser.add_argument("--systems", default="fleetlm,transformers")
     parser.add_argument("--output", default=None, help="write the JSON result here")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--hf-batch-size", type=int, default=64, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -198,34 +199,44 @@ def main(argv=None) -> None:
         run_one(args)
         return
     results = {}
-    for system in args.systems.split(","):
-        command = [
-            sys.executable,
-            __file__,
-            *(argv if argv is not None else sys.argv[1:]),
-            "--run-one",
-            system,
-        ]
+    for name, extra in runs(args):
+        command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), *extra]
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
         if completed.returncode != 0:
-            sys.exit(f"{system} failed:\n{completed.stderr[-4000:]}")
-        results[system] = json.loads(completed.stdout.strip().splitlines()[-1])
-        print_result(system, results[system])
+            sys.exit(f"{name} failed:\n{completed.stderr[-4000:]}")
+        results[name] = json.loads(completed.stdout.strip().splitlines()[-1])
+        print_result(name, results[name])
     report = {
         "benchmark": "throughput",
-        "config": {k: v for k, v in vars(args).items() if k not in ("run_one", "output")},
+        "config": {
+            k: v for k, v in vars(args).items() if k not in ("run_one", "output", "hf_batch_size")
+        },
         "machine": machine_info(),
         "results": results,
     }
-    if "fleetlm" in results and "transformers" in results:
-        report["ratio_output_throughput"] = (
-            results["fleetlm"]["output_throughput"] / results["transformers"]["output_throughput"]
-        )
-        print(
-            f"\nfleetlm / transformers output throughput: {report['ratio_output_throughput']:.2f}x"
-        )
+    if "fleetlm" in results:
+        ours = results["fleetlm"]["output_throughput"]
+        report["ratio_output_throughput"] = {
+            name: ours / r["output_throughput"] for name, r in results.items() if name != "fleetlm"
+        }
+        for name, ratio in report["ratio_output_throughput"].items():
+            print(f"fleetlm / {name} output throughput: {ratio:.2f}x")
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def runs(args) -> list[tuple[str, list[str]]]:
+    """(result name, extra arguments of its subprocess) for each system run."""
+    result = []
+    for system in args.systems.split(","):
+        if system == "transformers":
+            result += [
+                (f"transformers-bs{b}", ["--run-one", system, "--hf-batch-size", b])
+                for b in args.hf_batch_sizes.split(",")
+            ]
+        else:
+            result.append((system, ["--run-one", system]))
+    return result
 
 
 def print_result(system: str, r: dict) -> None:

@@ -67,19 +67,20 @@ def gather_kv(
 
 
 def _decode_attention(query, kv_cache, metadata, scale):
+    """One query per request. The G query heads sharing a KV head act as G queries of one
+    head (no mask between them), which avoids expanding K/V for grouped-query attention."""
     key, value = gather_kv(kv_cache, metadata.decode_block_tables)  # [B, L, KVH, D]
-    max_len = key.shape[1]
+    batch, max_len, num_kv_heads, head_dim = key.shape
     positions = torch.arange(max_len, device=query.device)
     mask = positions[None, :] < metadata.decode_seq_lens[:, None]  # [B, L]
     out = F.scaled_dot_product_attention(
-        query.unsqueeze(2),  # [B, H, 1, D]
+        query.view(batch, num_kv_heads, -1, head_dim),  # [B, KVH, G, D]
         key.transpose(1, 2),  # [B, KVH, L, D]
         value.transpose(1, 2),
         attn_mask=mask[:, None, None, :],
         scale=scale,
-        enable_gqa=True,
     )
-    return out.squeeze(2)
+    return out.reshape(query.shape)
 
 
 def _chunk_attention(query, kv_cache, block_table, seq_len, scale):

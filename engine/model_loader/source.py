@@ -9,7 +9,6 @@ from typing import Any, Literal
 import torch
 
 from fleetlm.engine.errors import ModelNotFoundError
-from fleetlm.engine.model_loader.gguf_loader import iter_gguf_weights, read_gguf_config
 from fleetlm.engine.model_loader.safetensors_loader import iter_safetensors_weights
 
 
@@ -43,12 +42,16 @@ def resolve_model_source(model: str | Path) -> ModelSource:
 
 def load_config_dict(source: ModelSource) -> dict[str, Any]:
     if source.kind == "gguf":
+        from fleetlm.engine.model_loader.gguf_loader import read_gguf_config  # needs `gguf`
+
         return read_gguf_config(source.path)
     return json.loads((source.path / "config.json").read_text())
 
 
 def iter_weights(source: ModelSource) -> Iterator[tuple[str, torch.Tensor]]:
     if source.kind == "gguf":
+        from fleetlm.engine.model_loader.gguf_loader import iter_gguf_weights  # needs `gguf`
+
         return iter_gguf_weights(source.path)
     return iter_safetensors_weights(source.path)
 

@@ -79,6 +79,7 @@ def test_greedy_tokens_equal_transformers(variant, tmp_path):
     llm = LLM(
         str(tmp_path),
         skip_tokenizer_init=True,
+        dtype="float32",
         block_size=4,
         max_num_batched_tokens=16,
         num_gpu_blocks_override=128,
@@ -94,6 +95,7 @@ def test_prompt_logprobs_equal_transformers(tmp_path):
     llm = LLM(
         str(tmp_path),
         skip_tokenizer_init=True,
+        dtype="float32",
         block_size=4,
         max_num_batched_tokens=8,
         num_gpu_blocks_override=64,
