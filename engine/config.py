@@ -75,6 +75,10 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
 
     def create_engine_config(self) -> EngineConfig:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
         device = _resolve_device(self.device)
         model = self._create_model_config(device)
         cache = CacheConfig(
@@ -84,10 +88,6 @@ class EngineArgs:
             cpu_kv_cache_gib=self.cpu_kv_cache_gib,
             num_blocks_override=self.num_gpu_blocks_override,
         )
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(
-                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
-            )
         max_batched = self.max_num_batched_tokens or (
             2048 if self.enable_chunked_prefill else max(2048, model.max_model_len)
         )

@@ -42,9 +42,15 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams) -> None:
         self.add_processed_request(self.process_request(request_id, prompt, params))
 
-    def abort_request(self, request_ids: str | list[str]) -> None:
+    def abort_request(self, request_ids: str | list[str]) -> list[RequestOutput]:
+        """Stop requests now; returns their final outputs (finish reason "abort")."""
+        outputs = []
         for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
-            self.engine_core.abort_requests(self.output_processor.abort_request(request_id))
+            sample_ids, output = self.output_processor.abort_request(request_id)
+            self.engine_core.abort_requests(sample_ids)
+            if output is not None:
+                outputs.append(output)
+        return outputs
 
     def step(self) -> list[RequestOutput]:
         core_outputs = self.engine_core.step()

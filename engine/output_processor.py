@@ -86,11 +86,21 @@ class OutputProcessor:
         for index, sample in enumerate(request.samples):
             self.sample_to_request[sample.request_id] = (request.request_id, index)
 
-    def abort_request(self, request_id: str) -> list[str]:
-        """Forget a request; returns its sample ids (to abort in the core)."""
-        state = self.requests.pop(request_id, None)
+    def abort_request(self, request_id: str) -> tuple[list[str], RequestOutput | None]:
+        """End a request: its samples still running finish with reason "abort". Returns the
+        sample ids (to abort in the core) and the request's final output (None if unknown)."""
+        state = self.requests.get(request_id)
         if state is None:
-            return []
+            return [], None
+        for sample in state.samples:
+            if sample.finish_reason is None:
+                sample.finish_reason = "abort"
+                if sample.detokenizer is not None:
+                    sample.detokenizer.finish()
+        return self._remove(request_id), state.to_output()
+
+    def _remove(self, request_id: str) -> list[str]:
+        state = self.requests.pop(request_id)
         sample_ids = [s.request_id for s in state.request.samples]
         for sample_id in sample_ids:
             self.sample_to_request.pop(sample_id, None)
@@ -116,7 +126,7 @@ class OutputProcessor:
             changed[state.request.request_id] = state
         for request_id, state in changed.items():
             if state.finished:
-                self.abort_request(request_id)
+                self._remove(request_id)
         return ProcessedOutputs([s.to_output() for s in changed.values()], to_stop)
 
     def _detokenizer(self, request: ProcessedRequest) -> IncrementalDetokenizer | None:

@@ -23,6 +23,7 @@ class SamplingMetadata:
     top_p: torch.Tensor | None  # [num_reqs] float32, 1.0 = disabled
     min_p: torch.Tensor | None  # [num_reqs] float32, 0.0 = disabled
     generators: dict[int, torch.Generator]  # row -> generator, for random rows with a seed
+    default_generator: torch.Generator | None  # for the other random rows (None: torch's global)
     presence_penalties: torch.Tensor | None  # [num_reqs] float32, 0.0 = none
     frequency_penalties: torch.Tensor | None  # [num_reqs] float32, 0.0 = none
     repetition_penalties: torch.Tensor | None  # [num_reqs] float32, 1.0 = none
@@ -41,6 +42,7 @@ def build_sampling_metadata(
     eos_token_ids: Collection[int],
     vocab_size: int,
     device: torch.device | str,
+    default_generator: torch.Generator | None = None,
 ) -> SamplingMetadata:
     """Metadata for rows `0..len(params)-1`; row i is the request with `params[i]`.
 
@@ -66,6 +68,7 @@ def build_sampling_metadata(
             [0.0 if p is None else p.min_p for p in random_rows], 0.0, torch.float32, device
         ),
         generators={row: g for row, g in generators.items() if not is_greedy[row]},
+        default_generator=default_generator,
         presence_penalties=_optional(
             [p.presence_penalty for p in params], 0.0, torch.float32, device
         ),

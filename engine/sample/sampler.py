@@ -38,7 +38,7 @@ def sample(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
     if metadata.all_greedy:
         return logits.argmax(dim=-1)
     probs = filtered_probs(apply_temperature(logits, metadata.temperature), metadata)
-    random = random_sample(probs, metadata.generators)
+    random = random_sample(probs, metadata.generators, metadata.default_generator)
     if metadata.all_random:
         return random
     is_greedy = metadata.temperature < GREEDY_TEMPERATURE_EPS
@@ -103,18 +103,22 @@ def apply_min_p(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return probs.masked_fill(probs < threshold, 0.0)
 
 
-def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+def random_sample(
+    probs: torch.Tensor,
+    generators: dict[int, torch.Generator],
+    default_generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One token per row, drawn from `probs` (which need not sum to 1).
 
     NOTE: the exponential race. With q_i ~ Exponential(1) independent, argmax_i p_i / q_i is
     distributed as p / sum(p), so a whole batch samples with one division and one argmax
     instead of a per-row `torch.multinomial`. A seeded row draws its q from its own generator,
     a vocab-sized draw each step, so its tokens depend on nothing but its seed and its logits;
-    the other rows share one draw from the default generator.
+    the other rows share one draw from `default_generator`.
     """
     q = torch.empty_like(probs)
     if len(generators) < probs.shape[0]:
-        exponential_(q)
+        exponential_(q, default_generator)
     for row, generator in generators.items():
         exponential_(q[row], generator)
     # q == 0 would turn a zero probability into 0 / 0 = nan, which argmax picks.

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -26,7 +27,6 @@ class ModelRunner:
         self.block_size = config.cache.block_size
         self.vocab_size = config.model.arch.vocab_size
         self.eos_token_ids = config.model.eos_token_ids
-        torch.manual_seed(config.model.seed)
         started = time.monotonic()
         self.model: LlamaForCausalLM = load_model(config.model, self.device, self.dtype)
         logger.info(
@@ -100,6 +100,7 @@ class ModelRunner:
             prompt_token_ids=[s.prompt_token_ids for s in states],
             output_token_ids=[s.output_token_ids for s in states],
             generators=self._generators(states),
+            default_generator=self.generator,
             eos_token_ids=self.eos_token_ids,
             vocab_size=self.vocab_size,
             device=self.device,
@@ -153,10 +154,10 @@ class ModelRunner:
         return result
 
 
+@dataclass
 class _Sampled:
-    def __init__(self, tokens: dict[str, int], logprobs: dict[str, TokenLogprobs]) -> None:
-        self.tokens = tokens
-        self.logprobs = logprobs
+    tokens: dict[str, int]  # req_id -> the sampled token
+    logprobs: dict[str, TokenLogprobs]  # req_id -> its logprobs, for requests asking for them
 
 
 def _to_lists(logprobs: LogprobsTensors, start: int, end: int, k: int) -> TokenLogprobs:

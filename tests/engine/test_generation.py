@@ -149,7 +149,10 @@ def test_abort_mid_generation_frees_blocks_and_keeps_others_running(llm):
     engine.add_request("drop", PROMPTS[1], params)
     engine.step()
     engine.step()
-    engine.abort_request("drop")
+    (aborted,) = engine.abort_request("drop")
+    assert aborted.finished and aborted.outputs[0].finish_reason == "abort"
+    assert len(aborted.outputs[0].token_ids) == 2
+    assert engine.abort_request("drop") == []  # already gone
     finished = []
     while engine.has_unfinished_requests():
         finished += [o for o in engine.step() if o.finished]
