@@ -8,19 +8,27 @@ import numpy as np
 @dataclass
 class RequestTiming:
     start: float  # when the request was submitted
-    token_times: list[float]  # when each output token became available
+    token_times: list[float]  # when each output token (or streamed chunk of tokens) arrived
     num_prompt_tokens: int
+    reported_output_tokens: int | None = None  # the server's count, when chunks may hold several
+
+    @property
+    def num_output_tokens(self) -> int:
+        if self.reported_output_tokens is None:
+            return len(self.token_times)
+        return self.reported_output_tokens
 
 
 def summarize(timings: list[RequestTiming], duration: float) -> dict[str, float]:
-    """Throughput, TTFT, TPOT (per request, excluding the first token) and ITL, in ms."""
-    num_output = sum(len(t.token_times) for t in timings)
+    """Throughput, TTFT, TPOT (per request, excluding the first token) and ITL, in ms. ITL is
+    the gap between consecutive token times, i.e. between chunks when a chunk holds several."""
+    num_output = sum(t.num_output_tokens for t in timings)
     num_prompt = sum(t.num_prompt_tokens for t in timings)
     ttft = [(t.token_times[0] - t.start) * 1e3 for t in timings if t.token_times]
     tpot = [
-        (t.token_times[-1] - t.token_times[0]) * 1e3 / (len(t.token_times) - 1)
+        (t.token_times[-1] - t.token_times[0]) * 1e3 / (t.num_output_tokens - 1)
         for t in timings
-        if len(t.token_times) > 1
+        if t.token_times and t.num_output_tokens > 1
     ]
     itl = [gap * 1e3 for t in timings for gap in np.diff(t.token_times)]
     result = {

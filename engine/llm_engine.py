@@ -4,7 +4,8 @@ import logging
 import time
 
 from fleetlm.engine.config import EngineArgs, EngineConfig
-from fleetlm.engine.core.engine_core import EngineCore, EngineCoreStats
+from fleetlm.engine.core.engine_core import EngineCore
+from fleetlm.engine.core.protocol import EngineCoreStats
 from fleetlm.engine.output_processor import OutputProcessor
 from fleetlm.engine.outputs import RequestOutput
 from fleetlm.engine.processor import ProcessedRequest, Processor, PromptInput

@@ -20,8 +20,12 @@ class _SampleState:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    num_reported_tokens: int = 0
 
     def to_output(self) -> CompletionOutput:
+        num_delta_tokens = len(self.token_ids) - self.num_reported_tokens
+        self.num_reported_tokens = len(self.token_ids)
+        finished = self.finish_reason is not None
         return CompletionOutput(
             index=self.index,
             text=self.detokenizer.output_text if self.detokenizer else "",
@@ -30,6 +34,8 @@ class _SampleState:
             logprobs=self.logprobs,
             finish_reason=self.finish_reason,
             stop_reason=self.stop_reason,
+            delta_text=self.detokenizer.take_delta(finished) if self.detokenizer else "",
+            num_delta_tokens=num_delta_tokens,
         )
 
 

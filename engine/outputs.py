@@ -27,6 +27,10 @@ class CompletionOutput:
     logprobs: list[PositionLogprobs] | None = None
     finish_reason: str | None = None  # "stop" | "length" | "abort" | None while running
     stop_reason: str | int | None = None  # the stop string or stop token id that matched
+    # Since the previous output of this request (for streaming). The text holds back what
+    # could still become a stop string, so the deltas never show one.
+    delta_text: str = ""
+    num_delta_tokens: int = 0  # the last num_delta_tokens of token_ids (and logprobs) are new
 
     @property
     def finished(self) -> bool:

@@ -38,7 +38,18 @@ class Processor:
         arrival_time: float | None = None,
     ) -> ProcessedRequest:
         """Validate and tokenize; raise `InvalidRequestError` and change nothing on bad input."""
-        text, token_ids = self._tokenize(prompt)
+        text, token_ids = self.tokenize(prompt)
+        return self.build(request_id, text, token_ids, params, arrival_time)
+
+    def build(
+        self,
+        request_id: str,
+        text: str | None,
+        token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float | None = None,
+    ) -> ProcessedRequest:
+        """Validate an already tokenized prompt and its parameters."""
         self._check_prompt(token_ids)
         self._check_params(params)
         return ProcessedRequest(
@@ -49,7 +60,8 @@ class Processor:
             samples=self._fan_out(request_id, token_ids, params, arrival_time),
         )
 
-    def _tokenize(self, prompt: PromptInput) -> tuple[str | None, list[int]]:
+    def tokenize(self, prompt: PromptInput) -> tuple[str | None, list[int]]:
+        """(text or None, token ids) of a prompt."""
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 return prompt.get("prompt"), _as_token_ids(prompt["prompt_token_ids"])

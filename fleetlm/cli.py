@@ -31,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(handler=_convert)
 
+    serve = commands.add_parser(
+        "serve",
+        help="run the OpenAI-compatible server (default model: the bundled SmolLM2)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_serve_args(serve)
+    serve.set_defaults(handler=_serve)
+
     chat = commands.add_parser("chat", help="answer one message with the model's chat template")
     chat.add_argument("message", help="the user message")
     _add_generation_args(chat)
@@ -41,6 +49,147 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(generate)
     generate.set_defaults(handler=_generate)
     return parser
+
+
+def _add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="Hugging Face directory or GGUF file (default: bundled SmolLM2)",
+    )
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=8000, help="port to listen on")
+    server.add_argument(
+        "--api-key",
+        default=None,
+        help="require this key as 'Authorization: Bearer KEY' (also $FLEETLM_API_KEY)",
+    )
+    server.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the model name clients use (default: the model's directory name)",
+    )
+    server.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        default=256,
+        help="requests allowed to wait beyond the running batch; more get 429",
+    )
+    server.add_argument("--max-n", type=int, default=16, help="largest n a request may ask for")
+    server.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=None,
+        help="largest max_tokens a request may ask for (default: max-model-len)",
+    )
+    server.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest request body; larger ones get 413",
+    )
+    server.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get to finish after SIGTERM",
+    )
+    server.add_argument("--log-level", default="info", help="uvicorn log level")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument(
+        "--tokenizer", default=None, help="tokenizer directory (default: the model's)"
+    )
+    engine.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights and activations (auto: float32 on CPU, bfloat16 on CUDA)",
+    )
+    engine.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    engine.add_argument(
+        "--load-format",
+        default="auto",
+        choices=["auto", "dummy"],
+        help="dummy: random weights (benchmarks)",
+    )
+    engine.add_argument("--seed", type=int, default=0, help="seed of unseeded sampling")
+    engine.add_argument(
+        "--max-model-len", type=int, default=None, help="context length (default: the model's)"
+    )
+    engine.add_argument("--max-num-seqs", type=int, default=256, help="requests running at once")
+    engine.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="tokens computed per step (default 2048)",
+    )
+    engine.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    engine.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="share the KV cache of equal prompt prefixes",
+    )
+    engine.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="fraction of GPU memory the engine may use (CUDA)",
+    )
+    engine.add_argument(
+        "--cpu-kv-cache-gib", type=float, default=1.0, help="KV-cache memory on CPU"
+    )
+    engine.add_argument(
+        "--num-gpu-blocks-override",
+        type=int,
+        default=None,
+        help="a fixed number of KV-cache blocks",
+    )
+    engine.add_argument(
+        "--max-logprobs", type=int, default=20, help="largest logprobs a request may ask for"
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from fleetlm.engine.config import EngineArgs
+    from fleetlm.engine.entrypoints.openai.server import run_server
+    from fleetlm.engine.entrypoints.openai.settings import ServerSettings
+
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get("FLEETLM_API_KEY"),
+        served_model_name=args.served_model_name,
+        max_waiting_requests=args.max_waiting_requests,
+        max_n=args.max_n,
+        max_tokens_limit=args.max_tokens_limit,
+        max_body_bytes=args.max_body_bytes,
+        drain_timeout_s=args.drain_timeout,
+        log_level=args.log_level,
+    )
+    engine_args = EngineArgs(
+        model=args.model,
+        tokenizer=args.tokenizer,
+        dtype=args.dtype,
+        device=args.device,
+        load_format=args.load_format,
+        seed=args.seed,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        block_size=args.block_size,
+        enable_prefix_caching=args.enable_prefix_caching,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        cpu_kv_cache_gib=args.cpu_kv_cache_gib,
+        num_gpu_blocks_override=args.num_gpu_blocks_override,
+        max_logprobs=args.max_logprobs,
+    )
+    run_server(settings, engine_args)
+    return 0
 
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:

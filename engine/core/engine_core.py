@@ -1,24 +1,10 @@
 """The engine core: one step is schedule -> execute -> update."""
 
-from dataclasses import dataclass
-
 from fleetlm.engine.config import EngineConfig
 from fleetlm.engine.core.kv_cache_manager import KVCacheManager
-from fleetlm.engine.core.protocol import EngineCoreOutput, EngineCoreRequest
+from fleetlm.engine.core.protocol import EngineCoreOutput, EngineCoreRequest, EngineCoreStats
 from fleetlm.engine.core.request import Request, RequestStatus
 from fleetlm.engine.core.scheduler import Scheduler
-
-
-@dataclass
-class EngineCoreStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float  # fraction of blocks held by requests
-    num_blocks: int
-    num_free_blocks: int
-    prefix_cache_queries: int  # tokens looked up
-    prefix_cache_hits: int  # tokens found
-    num_preemptions: int
 
 
 class EngineCore:
@@ -40,6 +26,14 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, kv_cache_manager)
 
     def add_request(self, request: EngineCoreRequest) -> None:
+        """Raises ValueError (and adds nothing) for an id in use or a token outside the vocab."""
+        vocab_size = self.config.model.arch.vocab_size
+        if not request.prompt_token_ids or not all(
+            0 <= t < vocab_size for t in request.prompt_token_ids
+        ):
+            raise ValueError(
+                f"request {request.request_id!r}: empty prompt or token outside the vocabulary"
+            )
         leader = self.scheduler.requests.get(request.leader_id) if request.leader_id else None
         self.scheduler.add_request(
             Request(
