@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -30,7 +30,6 @@ class ServingContext:
     model_name: str
     num_in_flight: int = 0
     draining: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_model_len(self) -> int:
