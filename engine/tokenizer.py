@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fleetlm.engine.errors import InvalidRequestError
@@ -36,9 +37,16 @@ def render_chat(
             raise InvalidRequestError(
                 "each message needs a 'role' and a 'content'", param="messages"
             )
-    return tokenizer.apply_chat_template(
-        messages,
-        chat_template=chat_template,
-        add_generation_prompt=add_generation_prompt,
-        tokenize=False,
-    )
+    # A caller's template is the caller's code: whatever it raises is a bad request. The
+    # model's own template fails on bad messages through `raise_exception` (a TemplateError).
+    errors = Exception if chat_template is not None else jinja2.TemplateError
+    try:
+        return tokenizer.apply_chat_template(
+            messages,
+            chat_template=chat_template,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+        )
+    except errors as e:
+        param = "messages" if chat_template is None else "chat_template"
+        raise InvalidRequestError(f"the chat template failed: {e}", param=param) from e

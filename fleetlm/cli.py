@@ -97,6 +97,12 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="seconds in-flight requests get to finish after SIGTERM",
     )
     server.add_argument("--log-level", default="info", help="uvicorn log level")
+    server.add_argument(
+        "--trust-request-chat-template",
+        action="store_true",
+        help="let requests bring their own chat template (runs sandboxed, but "
+        "unbounded in CPU and memory)",
+    )
     engine = parser.add_argument_group("engine")
     engine.add_argument(
         "--tokenizer", default=None, help="tokenizer directory (default: the model's)"
@@ -170,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         drain_timeout_s=args.drain_timeout,
         log_level=args.log_level,
+        trust_request_chat_template=args.trust_request_chat_template,
     )
     engine_args = EngineArgs(
         model=args.model,

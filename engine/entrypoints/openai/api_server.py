@@ -13,7 +13,11 @@ from fleetlm import __version__
 from fleetlm.engine.async_llm import AsyncLLM
 from fleetlm.engine.config import EngineArgs
 from fleetlm.engine.entrypoints.openai.body_guard import BodyGuard
-from fleetlm.engine.entrypoints.openai.errors import APIError, install_error_handlers
+from fleetlm.engine.entrypoints.openai.errors import (
+    ERROR_RESPONSES,
+    APIError,
+    install_error_handlers,
+)
 from fleetlm.engine.entrypoints.openai.metrics import ServerMetrics
 from fleetlm.engine.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -106,7 +110,7 @@ def _public_router() -> APIRouter:
 
 
 def _api_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=ERROR_RESPONSES)
 
     @router.get("/v1/models")
     async def models(context: Context) -> JSONResponse:

@@ -5,7 +5,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetlm.engine.errors import InvalidRequestError
@@ -21,6 +21,25 @@ _TYPES = {
     429: "rate_limit_error",
     500: "server_error",
     503: "server_error",
+}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# The OpenAPI documentation of every error an API route answers (FastAPI's default 422 is
+# never sent: validation errors are 400s in this shape).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    "4XX": {"model": ErrorResponse, "description": "A bad request, in the OpenAI error shape"},
+    "5XX": {"model": ErrorResponse, "description": "A server error, in the OpenAI error shape"},
 }
 
 
@@ -69,14 +88,27 @@ def error_response(
 def validation_error_response(errors: list[dict]) -> JSONResponse:
     """The first pydantic error, named by its field path (the "body" prefix dropped)."""
     first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = ".".join(_field_path(first.get("loc", ()))) or None
     message = first.get("msg", "invalid request")
     if first.get("type") == "json_invalid":
         message, param = "the request body is not valid JSON", None
     elif param:
         message = f"{param}: {message}"
     return error_response(400, message, param)
+
+
+def _field_path(loc) -> list[str]:
+    """The field names and list indexes of a pydantic error location, without the "body"
+    prefix and the union-member tags pydantic adds ("str", "list[int]", "function-after[...]")."""
+    return [
+        str(part)
+        for part in loc
+        if isinstance(part, int)
+        or (part != "body" and part.isidentifier() and part not in _TYPE_TAGS)
+    ]
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "tuple"}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,42 +2,73 @@
 
 Unknown fields are refused (a silently ignored field could change what the caller gets);
 fields OpenAI defines that do not change generation are accepted and ignored.
+
+What the engine cannot carry is refused here, with a 400 naming the field, rather than failing
+on the way to the engine: integers beyond 64 bits (the engine wire is msgpack), NaN and
+infinite numbers, and strings with lone surrogates (legal as JSON escapes, not in UTF-8).
 """
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleetlm.engine.errors import InvalidRequestError
 from fleetlm.engine.sampling_params import SamplingParams
 
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 TokenIds = list[Annotated[int, Field(ge=0)]]
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _check_encodable(value: Any) -> Any:
+    """`value` unchanged, or a ValueError if a string in it cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("strings must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_encodable(key)
+            _check_encodable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_encodable(item)
+    return value
+
+
+class _Body(BaseModel):
+    """Base of every request model: unknown fields, non-finite numbers and strings that UTF-8
+    cannot encode are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        return _check_encodable(value)
+
+
+class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _SamplingFields(BaseModel):
+class _SamplingFields(_Body):
     """Fields shared by completions and chat completions."""
 
-    model_config = ConfigDict(extra="forbid")
-
     model: str | None = None
-    n: int = 1
+    n: Int64 = 1
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: Int64 | None = None
     min_p: float | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Int64] | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float | None = None
     ignore_eos: bool = False
-    min_tokens: int = 0
+    min_tokens: Int64 = 0
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     stream: bool = False
@@ -86,10 +117,10 @@ class _SamplingFields(BaseModel):
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | TokenIds | list[TokenIds]
-    max_tokens: int | None = 16
-    logprobs: int | None = None
+    max_tokens: Int64 | None = 16
+    logprobs: Int64 | None = None
     echo: bool = False
-    best_of: int | None = None
+    best_of: Int64 | None = None
     suffix: str | None = None
 
     def check(self) -> None:
@@ -118,14 +149,12 @@ class CompletionRequest(_SamplingFields):
         return SamplingParams(**kwargs)
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TextPart(_Body):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -139,11 +168,11 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: Int64 | None = None
+    max_completion_tokens: Int64 | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Int64 | None = None
     echo: bool = False
     add_generation_prompt: bool = True
     chat_template: str | None = None
@@ -154,8 +183,6 @@ class ChatCompletionRequest(_SamplingFields):
 
     def check(self) -> None:
         super().check()
-        if not self.messages:
-            raise InvalidRequestError("messages must not be empty", param="messages")
         if self.tools or (self.tool_choice not in (None, "none")):
             raise InvalidRequestError("tool calling is not supported", param="tools")
         if self.response_format and self.response_format.get("type") != "text":
@@ -179,8 +206,7 @@ class ChatCompletionRequest(_SamplingFields):
         return SamplingParams(**kwargs)
 
 
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TokenizeRequest(_Body):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -192,7 +218,6 @@ class TokenizeRequest(BaseModel):
             raise InvalidRequestError("give exactly one of prompt and messages", param="prompt")
 
 
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DetokenizeRequest(_Body):
     model: str | None = None
     tokens: TokenIds

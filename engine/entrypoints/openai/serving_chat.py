@@ -71,6 +71,12 @@ def _process(ctx: ServingContext, request_id: str, body: ChatCompletionRequest) 
         raise InvalidRequestError(
             "this model has no tokenizer, so no chat template", param="messages"
         )
+    if body.chat_template is not None and not ctx.settings.trust_request_chat_template:
+        raise InvalidRequestError(
+            "chat_template in a request is refused unless the server runs with "
+            "--trust-request-chat-template",
+            param="chat_template",
+        )
     messages = [m.as_template_message() for m in body.messages]
     text = render_chat(tokenizer, messages, body.chat_template, body.add_generation_prompt)
     token_ids = tokenizer.encode(text, add_special_tokens=False)

@@ -35,6 +35,10 @@ class ServingContext:
     def max_model_len(self) -> int:
         return self.llm.config.model.max_model_len
 
+    @property
+    def max_in_flight(self) -> int:
+        return self.llm.config.scheduler.max_num_seqs + self.settings.max_waiting_requests
+
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
             raise APIError(
@@ -46,7 +50,7 @@ class ServingContext:
             raise APIError(503, f"the engine is not running: {self.llm.dead_reason}")
         if self.draining:
             raise APIError(503, "the server is shutting down")
-        limit = self.llm.config.scheduler.max_num_seqs + self.settings.max_waiting_requests
+        limit = self.max_in_flight
         if self.num_in_flight >= limit:
             self.metrics.rejected.labels(self.model_name, "overload").inc()
             raise APIError(
@@ -60,9 +64,21 @@ class ServingContext:
         if n > self.settings.max_n:
             raise APIError(400, f"n ({n}) exceeds the limit ({self.settings.max_n})", param="n")
 
-    def resolve_max_tokens(self, requested: int | None, prompt_len: int, param: str) -> int:
-        """The request's max_tokens: by default all the room the context leaves (capped by
-        the server limit); an explicit value that cannot fit is refused."""
+    def check_num_prompts(self, num_prompts: int) -> None:
+        """A batch of prompts runs as that many requests: no more than the server admits at
+        once (else one HTTP request could queue unbounded work, tokenized on the event loop)."""
+        if num_prompts > self.max_in_flight:
+            raise APIError(
+                400,
+                f"prompt holds {num_prompts} prompts, more than the limit ({self.max_in_flight})",
+                param="prompt",
+            )
+
+    def resolve_max_tokens(
+        self, requested: int | None, prompt_len: int, param: str, default: int | None = None
+    ) -> int:
+        """The request's max_tokens: by default `default`, or all the room the context leaves,
+        capped by the server limit; an explicit value that cannot fit is refused."""
         room = self.max_model_len - prompt_len
         if room < 1:
             raise APIError(
@@ -73,7 +89,7 @@ class ServingContext:
             )
         limit = min(room, self.settings.max_tokens_limit or room)
         if requested is None:
-            return limit
+            return limit if default is None else min(default, limit)
         if requested < 1:
             raise APIError(400, f"{param} must be at least 1, got {requested}", param=param)
         if requested > room:

@@ -30,10 +30,12 @@ async def create_completion(ctx: ServingContext, body: CompletionRequest, raw_re
     body.check()
     ctx.check_model(body.model)
     ctx.check_n(body.n)
+    prompts = body.prompts()
+    ctx.check_num_prompts(len(prompts))
     ctx.check_available()
     request_id = new_id("cmpl")
     requests = [
-        _process(ctx, f"{request_id}-{i}", prompt, body) for i, prompt in enumerate(body.prompts())
+        _process(ctx, f"{request_id}-{i}", prompt, body) for i, prompt in enumerate(prompts)
     ]
     if body.stream:
         return StreamingResponse(
@@ -63,7 +65,15 @@ def _process(
 ) -> ProcessedRequest:
     processor = ctx.llm.processor
     text, token_ids = processor.tokenize(prompt)
-    max_tokens = ctx.resolve_max_tokens(body.max_tokens, len(token_ids), "max_tokens")
+    # An omitted max_tokens takes OpenAI's default (16) capped by the server limit, never
+    # refused; an explicit null asks for all the room the context leaves.
+    given = "max_tokens" in body.model_fields_set
+    max_tokens = ctx.resolve_max_tokens(
+        body.max_tokens if given else None,
+        len(token_ids),
+        "max_tokens",
+        default=None if given else body.max_tokens,
+    )
     return processor.build(request_id, text, token_ids, body.to_sampling_params(max_tokens))
 
 

@@ -20,3 +20,6 @@ class ServerSettings(BaseSettings):
     engine_ready_timeout_s: float = Field(900.0, gt=0)
     retry_after_s: int = Field(1, ge=1)
     log_level: str = "info"
+    # A chat template sent with a request runs in a sandbox but unbounded in CPU and memory:
+    # refused unless the operator trusts the callers (as vLLM's --trust-request-chat-template).
+    trust_request_chat_template: bool = False
