@@ -14,7 +14,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 
 # Tests that run on the GPU when one is present (device "auto" picks CUDA).
-python3 -m pytest -q -p no:cacheprovider tests/engine/core tests/engine/sample \
+python3 -m pytest -q -p no:cacheprovider tests/kernels tests/engine/core tests/engine/sample \
   tests/engine/test_llama_family.py 2>&1 | tee "$OUT/tests.log" | tail -5
 
 # Llama-3.1-8B architecture, random bf16 weights.

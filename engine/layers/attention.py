@@ -23,38 +23,76 @@ class AttentionMetadata:
     chunk_block_tables: list[torch.Tensor]  # [num_chunks] of [num_blocks] int64
 
 
-def write_kv_cache(
-    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
-    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
-    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
-    slot_mapping: torch.Tensor,  # [num_tokens]
-) -> None:
-    num_kv_heads, head_dim = key.shape[1:]
-    kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
-    kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+class TorchAttentionBackend:
+    """Paged attention in PyTorch ops: the CPU path and the reference for the GPU kernels.
 
+    A backend writes the step's new K/V into the cache and computes attention over it; the
+    model holds one and calls `forward` in every layer.
+    """
 
-def paged_attention(
-    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
-    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
-    metadata: AttentionMetadata,
-    scale: float,
-) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    """Attention of this step's queries over the cache (their own K/V already written)."""
-    output = torch.empty_like(query)
-    num_decodes = metadata.num_decodes
-    if num_decodes:
-        output[:num_decodes] = _decode_attention(query[:num_decodes], kv_cache, metadata, scale)
-    start = num_decodes
-    for query_len, seq_len, block_table in zip(
-        metadata.chunk_query_lens, metadata.chunk_seq_lens, metadata.chunk_block_tables, strict=True
-    ):
-        end = start + query_len
-        output[start:end] = _chunk_attention(
-            query[start:end], kv_cache, block_table, seq_len, scale
+    def forward(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        metadata: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        self.write_kv_cache(key, value, kv_cache, metadata.slot_mapping)
+        output = torch.empty_like(query)
+        num_decodes = metadata.num_decodes
+        if num_decodes:
+            output[:num_decodes] = self.decode(
+                query[:num_decodes],
+                kv_cache,
+                metadata.decode_block_tables,
+                metadata.decode_seq_lens,
+                scale,
+            )
+        start = num_decodes
+        for query_len, seq_len, block_table in zip(
+            metadata.chunk_query_lens,
+            metadata.chunk_seq_lens,
+            metadata.chunk_block_tables,
+            strict=True,
+        ):
+            end = start + query_len
+            output[start:end] = _chunk_attention(
+                query[start:end], kv_cache, block_table, seq_len, scale
+            )
+            start = end
+        return output
+
+    def write_kv_cache(self, key, value, kv_cache, slot_mapping) -> None:
+        num_kv_heads, head_dim = key.shape[1:]
+        kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
+        kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+
+    def decode(self, query, kv_cache, block_tables, seq_lens, scale) -> torch.Tensor:
+        """One query per request. The G query heads sharing a KV head act as G queries of one
+        head (no mask between them), which avoids expanding K/V for grouped-query attention."""
+        key, value = gather_kv(kv_cache, block_tables)  # [B, L, KVH, D]
+        batch, max_len, num_kv_heads, head_dim = key.shape
+        positions = torch.arange(max_len, device=query.device)
+        mask = positions[None, :] < seq_lens[:, None]  # [B, L]
+        out = F.scaled_dot_product_attention(
+            query.view(batch, num_kv_heads, -1, head_dim),  # [B, KVH, G, D]
+            key.transpose(1, 2),  # [B, KVH, L, D]
+            value.transpose(1, 2),
+            attn_mask=mask[:, None, None, :],
+            scale=scale,
         )
-        start = end
-    return output
+        return out.reshape(query.shape)
+
+
+def attention_backend_for(device: torch.device) -> TorchAttentionBackend:
+    """Triton kernels on CUDA, PyTorch ops elsewhere."""
+    if device.type == "cuda":
+        from fleetlm.engine.layers.triton_attention import TritonAttentionBackend
+
+        return TritonAttentionBackend()
+    return TorchAttentionBackend()
 
 
 def gather_kv(
@@ -64,23 +102,6 @@ def gather_kv(
     key = kv_cache[0][block_table]
     value = kv_cache[1][block_table]
     return key.flatten(-4, -3), value.flatten(-4, -3)
-
-
-def _decode_attention(query, kv_cache, metadata, scale):
-    """One query per request. The G query heads sharing a KV head act as G queries of one
-    head (no mask between them), which avoids expanding K/V for grouped-query attention."""
-    key, value = gather_kv(kv_cache, metadata.decode_block_tables)  # [B, L, KVH, D]
-    batch, max_len, num_kv_heads, head_dim = key.shape
-    positions = torch.arange(max_len, device=query.device)
-    mask = positions[None, :] < metadata.decode_seq_lens[:, None]  # [B, L]
-    out = F.scaled_dot_product_attention(
-        query.view(batch, num_kv_heads, -1, head_dim),  # [B, KVH, G, D]
-        key.transpose(1, 2),  # [B, KVH, L, D]
-        value.transpose(1, 2),
-        attn_mask=mask[:, None, None, :],
-        scale=scale,
-    )
-    return out.reshape(query.shape)
 
 
 def _chunk_attention(query, kv_cache, block_table, seq_len, scale):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fleetlm.engine.layers.activation import SiluAndMul
-from fleetlm.engine.layers.attention import AttentionMetadata, paged_attention, write_kv_cache
+from fleetlm.engine.layers.attention import AttentionMetadata, TorchAttentionBackend
 from fleetlm.engine.layers.layernorm import RMSNorm
 from fleetlm.engine.layers.rotary import RotaryEmbedding
 from fleetlm.engine.model_loader.arch_config import ArchConfig
@@ -26,8 +26,11 @@ _FUSED_PROJECTIONS = {
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, arch: ArchConfig, max_position: int) -> None:
+    def __init__(
+        self, arch: ArchConfig, max_position: int, attention: TorchAttentionBackend
+    ) -> None:
         super().__init__()
+        self.attention = attention
         self.num_heads = arch.num_attention_heads
         self.num_kv_heads = arch.num_key_value_heads
         self.head_dim = arch.head_dim
@@ -53,8 +56,7 @@ class LlamaAttention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         q, k = self.rotary_emb(positions, q, k)
-        write_kv_cache(k, v, kv_cache, metadata.slot_mapping)
-        out = paged_attention(q, kv_cache, metadata, self.scale)
+        out = self.attention.forward(q, k, v, kv_cache, metadata, self.scale)
         return self.o_proj(out.flatten(1))
 
 
@@ -73,9 +75,11 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, arch: ArchConfig, max_position: int) -> None:
+    def __init__(
+        self, arch: ArchConfig, max_position: int, attention: TorchAttentionBackend
+    ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(arch, max_position)
+        self.self_attn = LlamaAttention(arch, max_position, attention)
         self.mlp = LlamaMLP(arch)
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
@@ -88,11 +92,13 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, arch: ArchConfig, max_position: int) -> None:
+    def __init__(
+        self, arch: ArchConfig, max_position: int, attention: TorchAttentionBackend
+    ) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(arch, max_position) for _ in range(arch.num_hidden_layers)
+            LlamaDecoderLayer(arch, max_position, attention) for _ in range(arch.num_hidden_layers)
         )
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
 
@@ -104,10 +110,12 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, arch: ArchConfig, max_position: int) -> None:
+    def __init__(
+        self, arch: ArchConfig, max_position: int, attention: TorchAttentionBackend | None = None
+    ) -> None:
         super().__init__()
         self.arch = arch
-        self.model = LlamaModel(arch, max_position)
+        self.model = LlamaModel(arch, max_position, attention or TorchAttentionBackend())
         self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -3,6 +3,7 @@
 import torch
 
 from fleetlm.engine.config import ModelConfig
+from fleetlm.engine.layers.attention import attention_backend_for
 from fleetlm.engine.model_loader.source import iter_weights
 from fleetlm.engine.models.llama import LlamaForCausalLM
 
@@ -10,7 +11,9 @@ from fleetlm.engine.models.llama import LlamaForCausalLM
 def load_model(config: ModelConfig, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
     """Weights go straight to the device, cast to `dtype` one tensor at a time."""
     with torch.device(device):
-        model = LlamaForCausalLM(config.arch, max_position=config.max_model_len)
+        model = LlamaForCausalLM(
+            config.arch, max_position=config.max_model_len, attention=attention_backend_for(device)
+        )
     model.to(dtype=dtype)
     if config.load_format == "dummy":
         _init_dummy_weights(model, config.seed)
