@@ -139,6 +139,7 @@ def paged_decode_attention(
     num_seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     assert num_heads % num_kv_heads == 0 and key_cache.shape[3] == head_dim
+    assert supports(block_size, head_dim), "tl.dot needs block_size and head_dim >= 16"
     assert key_cache.is_contiguous() and value_cache.is_contiguous()
     assert query.stride(2) == 1 and query.stride(1) == head_dim
     assert block_tables.shape[0] == num_seqs and block_tables.stride(1) == 1
@@ -191,6 +192,11 @@ def paged_decode_attention(
         SPLITS_PAD=triton.next_power_of_2(num_splits),
     )
     return out
+
+
+def supports(block_size: int, head_dim: int) -> bool:
+    """Shapes the kernel handles: tl.dot needs dimensions of at least 16 (powers of two)."""
+    return all(n >= 16 and n & (n - 1) == 0 for n in (block_size, head_dim))
 
 
 def choose_num_splits(num_programs: int, max_blocks: int, device: torch.device) -> int:

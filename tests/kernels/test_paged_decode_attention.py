@@ -60,3 +60,11 @@ def test_paged_decode_attention_half_precision(device, dtype):
         query, key_cache, value_cache, block_tables, seq_lens, 0.125
     )
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
+
+
+def test_unsupported_shapes_are_refused(device):
+    query, key_cache, value_cache, block_tables, seq_lens = _inputs(
+        device, torch.float32, 4, 4, 64, 8, [9]
+    )
+    with pytest.raises(AssertionError, match="block_size and head_dim"):
+        paged_decode_attention(query, key_cache, value_cache, block_tables, seq_lens, 0.125)
