@@ -1,9 +1,17 @@
 """Shared fixtures. The real model is converted once into the fleetlm cache (scripts/setup.sh
 does it ahead of time; the fixture does it on first use otherwise)."""
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter. The variable must be set before
+# anything imports triton (transformers and torch may, during other tests): triton decides at
+# import whether its own library functions (tl.cdiv, ...) are interpretable.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
