@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fleetlm.engine.config import EngineArgs, EngineConfig
-from fleetlm.engine.core.client import EngineCoreClient
+from fleetlm.engine.core.client import EngineCoreClient, EngineDeadError
 from fleetlm.engine.core.protocol import EngineCoreOutput, EngineCoreStats
 from fleetlm.engine.output_processor import OutputProcessor
 from fleetlm.engine.outputs import RequestOutput
@@ -17,10 +17,6 @@ from fleetlm.engine.sampling_params import SamplingParams
 from fleetlm.engine.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-class EngineDeadError(RuntimeError):
-    """The engine process is gone; no request can make progress."""
 
 
 @dataclass
@@ -49,10 +45,6 @@ class AsyncLLM:
     @property
     def is_dead(self) -> bool:
         return self.dead_reason is not None
-
-    @property
-    def num_unfinished_requests(self) -> int:
-        return len(self.streams)
 
     async def start(self) -> None:
         ready = await self.client.start(self.engine_args, self.ready_timeout)

@@ -36,6 +36,16 @@ class CompletionOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def delta_token_ids(self) -> list[int]:
+        return self.token_ids[len(self.token_ids) - self.num_delta_tokens :]
+
+    @property
+    def delta_logprobs(self) -> list[PositionLogprobs]:
+        if not self.logprobs:
+            return []
+        return self.logprobs[len(self.logprobs) - self.num_delta_tokens :]
+
 
 @dataclass
 class RequestOutput:

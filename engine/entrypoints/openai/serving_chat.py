@@ -147,12 +147,12 @@ async def _stream(
 
 
 def _delta(c: CompletionOutput, body: ChatCompletionRequest) -> dict | None:
-    new_ids = c.token_ids[len(c.token_ids) - c.num_delta_tokens :]
+    new_ids = c.delta_token_ids
     if not (c.delta_text or new_ids or c.finish_reason):
         return None
     choice = _delta_choice(c.index, {"content": c.delta_text} if c.delta_text else {})
     if body.logprobs and new_ids:
-        choice["logprobs"] = _logprobs(new_ids, c.logprobs[len(c.logprobs) - len(new_ids) :], body)
+        choice["logprobs"] = _logprobs(new_ids, c.delta_logprobs, body)
     choice["finish_reason"] = c.finish_reason
     choice["stop_reason"] = c.stop_reason
     return choice

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from fleetlm.engine.async_llm import AsyncLLM, EngineDeadError
+from fleetlm.engine.async_llm import AsyncLLM
+from fleetlm.engine.core.client import EngineDeadError
 from fleetlm.engine.entrypoints.openai.errors import APIError, error_body
 from fleetlm.engine.entrypoints.openai.metrics import RequestClock, ServerMetrics
 from fleetlm.engine.entrypoints.openai.settings import ServerSettings

@@ -98,7 +98,7 @@ async def _stream(
                         choice_index = index * body.n + c.index
                         if choice_index in finished:
                             continue
-                        new_ids = c.token_ids[len(c.token_ids) - c.num_delta_tokens :]
+                        new_ids = c.delta_token_ids
                         if not (c.delta_text or new_ids or c.finish_reason):
                             continue
                         echo = choice_index not in started
