@@ -82,6 +82,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write the JSON result here")
     parser.add_argument("--label", default=None, help="a name for this run, kept in the JSON")
+    parser.add_argument(
+        "--time-empty-chunks",
+        action="store_true",
+        help="time every choice chunk, also those with empty text (a model served without a "
+        "tokenizer streams one empty-text chunk per token)",
+    )
     return parser.parse_args(argv)
 
 
@@ -123,15 +129,22 @@ def chunk_text(data: dict) -> str | None:
     return choices[0].get("text") or (choices[0].get("delta") or {}).get("content")
 
 
-async def read_stream(response: aiohttp.ClientResponse, timing: RequestTiming) -> str | None:
-    """Times each chunk that carries text and takes the usage; returns the error, if any."""
+def chunk_has_choice(data: dict) -> bool:
+    return bool(data.get("choices"))
+
+
+async def read_stream(
+    response: aiohttp.ClientResponse, timing: RequestTiming, time_empty_chunks: bool = False
+) -> str | None:
+    """Times each chunk that carries text (or, with `time_empty_chunks`, every choice chunk)
+    and takes the usage; returns the error, if any."""
     async for payload in sse_data(response.content):
         if payload == "[DONE]":
             return None
         data = json.loads(payload)
         if error := event_error(data):
             return error
-        if chunk_text(data):
+        if chunk_text(data) or (time_empty_chunks and chunk_has_choice(data)):
             timing.token_times.append(time.perf_counter())
         if usage := data.get("usage"):
             timing.num_prompt_tokens = usage.get("prompt_tokens", timing.num_prompt_tokens)
@@ -140,7 +153,11 @@ async def read_stream(response: aiohttp.ClientResponse, timing: RequestTiming) -
 
 
 async def send_request(
-    session: aiohttp.ClientSession, url: str, payload: dict, num_prompt_tokens: int
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: dict,
+    num_prompt_tokens: int,
+    time_empty_chunks: bool = False,
 ) -> RequestOutput:
     timing = RequestTiming(time.perf_counter(), [], num_prompt_tokens)
     try:
@@ -148,7 +165,7 @@ async def send_request(
             if response.status != 200:
                 body = await response.text()
                 return RequestOutput(timing, f"HTTP {response.status}: {body[:200]}")
-            error = await read_stream(response, timing)
+            error = await read_stream(response, timing, time_empty_chunks)
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
         error = f"{type(e).__name__}: {e}"
     return RequestOutput(timing, error)
@@ -190,9 +207,16 @@ async def benchmark(args) -> tuple[str, list[RequestOutput], float]:
             async with limit or contextlib.nullcontext():
                 payload = build_payload(args, model, prompt)
                 return await send_request(
-                    session, args.base_url + args.endpoint, payload, len(prompt)
+                    session,
+                    args.base_url + args.endpoint,
+                    payload,
+                    len(prompt),
+                    args.time_empty_chunks,
                 )
 
+        # Warm-up: one short request first (as vLLM's benchmark does), not measured.
+        warmup = {**build_payload(args, model, prompts[0][:16]), "max_tokens": 4}
+        await send_request(session, args.base_url + args.endpoint, warmup, 16)
         start = time.perf_counter()
         tasks = [
             asyncio.create_task(limited(prompt))

@@ -42,6 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument(
+        "--max-model-len", type=int, default=None, help="default: 2 x input-len + output-len"
+    )
+    parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    parser.add_argument(
         "--hf-batch-sizes", default="64,8", help="static batch sizes for transformers, one run each"
     )
     parser.add_argument("--systems", default="fleetlm,transformers")
@@ -74,7 +78,8 @@ def run_fleetlm(args, prompts) -> dict:
         seed=args.seed,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.input_len * 2 + args.output_len,
+        max_model_len=args.max_model_len or args.input_len * 2 + args.output_len,
+        enforce_eager=args.enforce_eager,
     )
     load_time = time.perf_counter() - started
     params = SamplingParams(

@@ -45,11 +45,28 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class CudaGraphConfig:
+    """Decode-only steps replay CUDA graphs captured at padded batch sizes (CUDA only)."""
+
+    enabled: bool = True  # False: --enforce-eager
+    max_batch_size: int = 256  # larger decode batches run eagerly
+
+    def batch_sizes(self) -> list[int]:
+        """1, 2, 4, 8, then every multiple of 8 up to max_batch_size (as vLLM pads)."""
+        sizes = [n for n in (1, 2, 4) if n < self.max_batch_size]
+        sizes += list(range(8, self.max_batch_size + 1, 8))
+        if not sizes or sizes[-1] != self.max_batch_size:
+            sizes.append(self.max_batch_size)
+        return sizes
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: ModelConfig
     cache: CacheConfig
     scheduler: SchedulerConfig
     device: str  # "cpu" | "cuda"
+    cuda_graphs: CudaGraphConfig = field(default_factory=CudaGraphConfig)
 
 
 @dataclass
@@ -73,6 +90,8 @@ class EngineArgs:
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None  # None: 2048 (at least max_model_len if unchunked)
     enable_chunked_prefill: bool = True
+    enforce_eager: bool = False  # CUDA: never capture or replay CUDA graphs
+    max_cuda_graph_batch_size: int | None = None  # None: max_num_seqs, at most 512
 
     def create_engine_config(self) -> EngineConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -97,7 +116,16 @@ class EngineArgs:
             max_model_len=model.max_model_len,
             enable_chunked_prefill=self.enable_chunked_prefill,
         )
-        return EngineConfig(model=model, cache=cache, scheduler=scheduler, device=device)
+        cuda_graphs = CudaGraphConfig(
+            enabled=not self.enforce_eager and device == "cuda",
+            max_batch_size=_positive(
+                self.max_cuda_graph_batch_size or min(scheduler.max_num_seqs, 512),
+                "max_cuda_graph_batch_size",
+            ),
+        )
+        return EngineConfig(
+            model=model, cache=cache, scheduler=scheduler, device=device, cuda_graphs=cuda_graphs
+        )
 
     def _create_model_config(self, device: str) -> ModelConfig:
         from fleetlm.engine.model_loader.default_model import default_model_dir

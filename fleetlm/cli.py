@@ -156,6 +156,17 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     engine.add_argument(
         "--max-logprobs", type=int, default=20, help="largest logprobs a request may ask for"
     )
+    engine.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="CUDA: run every step eagerly (no CUDA graphs)",
+    )
+    engine.add_argument(
+        "--max-cuda-graph-batch-size",
+        type=int,
+        default=None,
+        help="largest decode batch replayed from a CUDA graph (default: max-num-seqs, <= 512)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -194,6 +205,8 @@ def _serve(args: argparse.Namespace) -> int:
         cpu_kv_cache_gib=args.cpu_kv_cache_gib,
         num_gpu_blocks_override=args.num_gpu_blocks_override,
         max_logprobs=args.max_logprobs,
+        enforce_eager=args.enforce_eager,
+        max_cuda_graph_batch_size=args.max_cuda_graph_batch_size,
     )
     run_server(settings, engine_args)
     return 0

@@ -5,7 +5,13 @@ once for all the query heads sharing that KV head (grouped-query attention), kee
 softmax (running max and sum), and writes an unnormalised partial result. Long contexts are cut
 into splits so short batches still fill the GPU; a second kernel merges the splits by their
 maxima and sums. With one split the merge is a plain division.
+
+Each sequence's blocks are divided among the splits inside the kernel, from its own length, and
+the loops run only over real blocks: the launch depends on the batch size and the block table's
+width alone, so a CUDA graph captured once serves every context length.
 """
+
+import functools
 
 import torch
 import triton
@@ -26,7 +32,7 @@ def _decode_split_kernel(
     num_seqs,
     block_table_stride,
     query_seq_stride,
-    blocks_per_split,
+    num_splits,
     NUM_HEADS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,  # query heads per KV head
@@ -40,7 +46,9 @@ def _decode_split_kernel(
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
     num_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
+    blocks_per_split = tl.cdiv(num_blocks, num_splits)
     first_block = split * blocks_per_split
+    end_block = tl.minimum(first_block + blocks_per_split, num_blocks)
 
     offs_g = tl.arange(0, GROUP_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -57,13 +65,10 @@ def _decode_split_kernel(
     row_sum = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
     kv_offsets = offs_t[:, None] * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM + offs_d[None, :]
-    # A fixed trip count; blocks past the context are masked (masked loads fetch nothing).
-    for i in range(0, blocks_per_split):
-        block = first_block + i
-        is_block = block < num_blocks
-        block_id = tl.load(
-            block_tables_ptr + seq * block_table_stride + block, mask=is_block, other=0
-        ).to(tl.int64)
+    # Splits past the end (short sequences, padding rows with seq_len 0) run no iteration and
+    # store max -inf, which the merge weighs 0.
+    for block in range(first_block, end_block):
+        block_id = tl.load(block_tables_ptr + seq * block_table_stride + block).to(tl.int64)
         base = block_id * (BLOCK_SIZE * NUM_KV_HEADS * HEAD_DIM)
         in_context = (block * BLOCK_SIZE + offs_t) < seq_len
         key = tl.load(key_cache_ptr + base + kv_offsets, mask=in_context[:, None], other=0.0)
@@ -120,7 +125,8 @@ def _merge_splits_kernel(
         other=0.0,
     )
     total = tl.sum(weights * sums, axis=0)
-    result = tl.sum(outs * weights[:, None], axis=0) / total
+    # A padding row (no context at all) has total 0: write zeros, not nan.
+    result = tl.sum(outs * weights[:, None], axis=0) / tl.where(total == 0.0, 1.0, total)
     tl.store(
         out_ptr + (seq * NUM_HEADS + head) * HEAD_DIM + offs_d, result.to(out_ptr.dtype.element_ty)
     )
@@ -131,7 +137,7 @@ def paged_decode_attention(
     key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     block_tables: torch.Tensor,  # [num_seqs, max_blocks] int
-    seq_lens: torch.Tensor,  # [num_seqs] int, each >= 1
+    seq_lens: torch.Tensor,  # [num_seqs] int; 0 marks a padding row (its output is 0)
     scale: float,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
@@ -148,8 +154,6 @@ def paged_decode_attention(
     if num_splits is None:
         num_splits = choose_num_splits(num_seqs * num_kv_heads, max_blocks, query.device)
     num_splits = max(1, min(num_splits, max_blocks))
-    blocks_per_split = triton.cdiv(max_blocks, num_splits)
-    num_splits = triton.cdiv(max_blocks, blocks_per_split)
     group = num_heads // num_kv_heads
     f32 = {"dtype": torch.float32, "device": query.device}
     partial_out = torch.empty((num_splits, num_seqs, num_heads, head_dim), **f32)
@@ -168,7 +172,7 @@ def paged_decode_attention(
         num_seqs,
         block_tables.stride(0),
         query.stride(0),
-        blocks_per_split,
+        num_splits,
         NUM_HEADS=num_heads,
         NUM_KV_HEADS=num_kv_heads,
         GROUP=group,
@@ -203,6 +207,11 @@ def choose_num_splits(num_programs: int, max_blocks: int, device: torch.device) 
     """Enough splits for about two programs per multiprocessor, each covering 4+ blocks."""
     if device.type != "cuda":
         return max(1, min(4, max_blocks))
-    num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+    num_sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
     wanted = triton.cdiv(2 * num_sms, max(num_programs, 1))
     return max(1, min(wanted, triton.cdiv(max_blocks, 4)))
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count

@@ -1,27 +1,117 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (the device tool), in the repository root: installs fleetlm without
-# dependencies (the machine has torch, transformers, safetensors; wheels it lacks travel in
-# .whl/), runs the tests that exercise CUDA, then the GPU benchmarks. Results go to $OUT.
+# The GPU check, run on the GPU machine (the device tool) in the repository root:
+#
+#   scripts/gpu_check.sh [stage ...]      (default: every stage, in this order)
+#
+# Stages: tests micro batch1 offline hf serve profile correctness.
+# fleetlm is installed without dependencies (the machine has torch, triton, transformers);
+# wheels it lacks travel in .whl/. Every stage writes its JSON and log under $RES, and the
+# whole folder is packed into $OUT/gpu_results.tgz after each stage, so a run cut short still
+# returns what it measured. The benchmark model is the Llama-3.1-8B architecture with random
+# bf16 weights; the correctness stage needs the bundled SmolLM2 GGUF, which is larger than what
+# travels in one call: its two halves, .smol/a/part-aa and .smol/b/part-ab (made by
+# scripts/split_smollm2.sh), are carried by two calls in a row (the machine stays warm between
+# them) and joined in /tmp/smol.
 set -uo pipefail
 OUT=${OUT:-/tmp/fleetlm-gpu}
-mkdir -p "$OUT"
+RES=/tmp/fleetlm-gpu-results
+mkdir -p "$OUT" "$RES"
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RES/gpu.txt"
 
-# Tests that run on the GPU when one is present (device "auto" picks CUDA).
-python3 -m pytest -q -p no:cacheprovider tests/kernels tests/engine/core tests/engine/sample \
-  tests/engine/test_llama_family.py 2>&1 | tee "$OUT/tests.log" | tail -5
+MODEL=benchmarks/configs/llama-3.1-8b
+BENCH_ENGINE=(--max-model-len 4096 --max-num-seqs 1024 --max-num-batched-tokens 16384)
 
-# Llama-3.1-8B architecture, random bf16 weights.
-model=benchmarks/configs/llama-3.1-8b
-python3 benchmarks/throughput.py --systems fleetlm --model $model --load-format dummy \
-  --num-prompts 1 --input-len 512 --range-ratio 0 --output-len 512 \
-  --output "$OUT/gpu_llama8b_batch1.json" 2>&1 | tail -12
-python3 benchmarks/throughput.py --systems fleetlm --model $model --load-format dummy \
-  --num-prompts 64 --input-len 512 --range-ratio 0 --output-len 256 --seed 2 \
-  --output "$OUT/gpu_llama8b_64x512x256.json" 2>&1 | tail -12
+stage_tests() {
+  python3 -m pytest -q -p no:cacheprovider tests/kernels tests/engine/core tests/engine/sample \
+    tests/engine/test_llama_family.py tests/engine/test_cuda_graphs.py
+}
+
+stage_micro() {
+  python3 benchmarks/roofline.py --model $MODEL --batch-size 1 --input-len 512 --output-len 512 \
+    --dtype bfloat16 --output "$RES/roofline_llama8b.json"
+  python3 benchmarks/fused_ops.py --output "$RES/fused_ops.json"
+}
+
+stage_batch1() {
+  python3 benchmarks/throughput.py --systems fleetlm --model $MODEL --load-format dummy \
+    --num-prompts 1 --input-len 512 --range-ratio 0 --output-len 512 --max-model-len 4096 \
+    --output "$RES/llama8b_batch1.json"
+  python3 benchmarks/throughput.py --systems fleetlm --model $MODEL --load-format dummy \
+    --num-prompts 1 --input-len 512 --range-ratio 0 --output-len 512 --max-model-len 4096 \
+    --enforce-eager --output "$RES/llama8b_batch1_eager.json"
+}
+
+stage_offline() {
+  python3 benchmarks/throughput.py --systems fleetlm --model $MODEL --load-format dummy \
+    --num-prompts 1000 --input-len 512 --range-ratio 0 --output-len 256 --seed 0 \
+    "${BENCH_ENGINE[@]}" --output "$RES/llama8b_offline_1000x512x256.json"
+}
+
+stage_hf() {
+  # transformers generate, static batches of 64: the first 128 of the same seed-0 prompts.
+  python3 benchmarks/throughput.py --systems transformers --hf-batch-sizes 64 --model $MODEL \
+    --load-format dummy --num-prompts 128 --input-len 512 --range-ratio 0 --output-len 256 \
+    --seed 0 --output "$RES/llama8b_hf_generate_bs64.json"
+}
+
+stage_serve() {
+  local port=8321 started ready
+  started=$(date +%s.%N)
+  fleetlm serve --model $MODEL --load-format dummy --port $port --max-model-len 4096 \
+    --max-num-seqs 256 --log-level info >"$RES/serve_server.log" 2>&1 &
+  local server=$!
+  until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do
+    kill -0 $server 2>/dev/null || { tail -30 "$RES/serve_server.log"; return 1; }
+    sleep 0.5
+  done
+  ready=$(date +%s.%N)
+  python3 -c "import json,sys; print(json.dumps({\"start_to_ready_s\": round(float(sys.argv[2]) - float(sys.argv[1]), 2)}))" "$started" "$ready" | tee "$RES/serve_startup.json"
+  python3 benchmarks/serve.py --base-url "http://127.0.0.1:$port" --num-prompts 64 \
+    --max-concurrency 64 --input-len 512 --range-ratio 0 --output-len 256 --vocab-size 128000 \
+    --seed 2 --time-empty-chunks --label h100-llama8b-c64 --output "$RES/llama8b_serve_c64.json"
+  kill -TERM $server
+  wait $server
+  grep -E "captured|KV cache|GPU memory|loaded" "$RES/serve_server.log" | head -8
+}
+
+stage_profile() {
+  python3 benchmarks/profile_step.py --model $MODEL --load-format dummy --num-prompts 1 \
+    --input-len 512 --output-len 512 --profile-steps 64 --output "$RES/profile_llama8b_bs1.json"
+  python3 benchmarks/profile_step.py --model $MODEL --load-format dummy --num-prompts 256 \
+    --max-num-seqs 256 --input-len 512 --output-len 256 --profile-steps 32 \
+    --output "$RES/profile_llama8b_bs256.json"
+}
+
+stage_correctness() {
+  mkdir -p /tmp/smol
+  for part in .smol/a/part-aa .smol/b/part-ab; do [ -f $part ] && cp $part /tmp/smol/; done
+  if [ ! -f /tmp/smol/part-aa ] || [ ! -f /tmp/smol/part-ab ]; then
+    echo "SmolLM2 GGUF incomplete here (carry .smol/a, then .smol/b, in two calls in a row)"
+    return 0
+  fi
+  if [ ! -f /tmp/smol/hf/config.json ]; then
+    cat /tmp/smol/part-aa /tmp/smol/part-ab >/tmp/smol/model.gguf
+    sha256sum /tmp/smol/model.gguf
+    fleetlm convert-gguf /tmp/smol/model.gguf --output /tmp/smol/hf || return 1
+  fi
+  for dtype in bfloat16 float32; do
+    python3 benchmarks/gpu_correctness.py --model /tmp/smol/hf --dtype $dtype \
+      --output "$RES/smollm2_correctness_$dtype.json"
+  done
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(tests micro batch1 offline hf serve profile correctness)
+for stage in "${stages[@]}"; do
+  echo "=== $stage"
+  started=$SECONDS
+  "stage_$stage" 2>&1 | tee "$RES/$stage.log" | grep -v "^\s*$" | tail -30
+  echo "=== $stage done in $((SECONDS - started)) s"
+  tar czf "$OUT/gpu_results.tgz" -C "$RES" .
+done

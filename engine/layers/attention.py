@@ -14,13 +14,20 @@ class AttentionMetadata:
     requests computing a chunk of several tokens.
     """
 
-    slot_mapping: torch.Tensor  # [num_tokens] int64: block_id * block_size + offset
+    slot_mapping: torch.Tensor  # [num_tokens] int64: block_id * block_size + offset; -1 = none
     num_decodes: int
     decode_block_tables: torch.Tensor  # [num_decodes, max_blocks] int64 (padded with 0)
     decode_seq_lens: torch.Tensor  # [num_decodes] int64: context length incl. the new token
     chunk_query_lens: list[int]  # [num_chunks]: new tokens of each chunked request
     chunk_seq_lens: list[int]  # [num_chunks]: context length incl. the chunk
-    chunk_block_tables: list[torch.Tensor]  # [num_chunks] of [num_blocks] int64
+    chunk_block_tables: torch.Tensor  # [num_chunks, max_blocks] int64 (padded with 0)
+    chunk_query_start_loc: torch.Tensor  # [num_chunks + 1] int64: cumulative query lengths
+    chunk_seq_lens_tensor: torch.Tensor  # [num_chunks] int64: chunk_seq_lens on the device
+    max_chunk_query_len: int
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.chunk_query_lens)
 
 
 class TorchAttentionBackend:
@@ -50,24 +57,29 @@ class TorchAttentionBackend:
                 metadata.decode_seq_lens,
                 scale,
             )
-        start = num_decodes
-        for query_len, seq_len, block_table in zip(
-            metadata.chunk_query_lens,
-            metadata.chunk_seq_lens,
-            metadata.chunk_block_tables,
-            strict=True,
-        ):
-            end = start + query_len
-            output[start:end] = _chunk_attention(
-                query[start:end], kv_cache, block_table, seq_len, scale
-            )
-            start = end
+        if metadata.num_chunks:
+            output[num_decodes:] = self.prefill(query[num_decodes:], kv_cache, metadata, scale)
         return output
 
     def write_kv_cache(self, key, value, kv_cache, slot_mapping) -> None:
         num_kv_heads, head_dim = key.shape[1:]
         kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
         kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+
+    def prefill(self, query, kv_cache, metadata: AttentionMetadata, scale) -> torch.Tensor:
+        """Each chunk's tokens attend causally to their request's cached context."""
+        output = torch.empty_like(query)
+        start = 0
+        for i, (query_len, seq_len) in enumerate(
+            zip(metadata.chunk_query_lens, metadata.chunk_seq_lens, strict=True)
+        ):
+            end = start + query_len
+            block_table = metadata.chunk_block_tables[i, : -(-seq_len // kv_cache.shape[2])]
+            output[start:end] = _chunk_attention(
+                query[start:end], kv_cache, block_table, seq_len, scale
+            )
+            start = end
+        return output
 
     def decode(self, query, kv_cache, block_tables, seq_lens, scale) -> torch.Tensor:
         """One query per request. The G query heads sharing a KV head act as G queries of one

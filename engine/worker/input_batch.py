@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fleetlm.engine.core.scheduler_output import SchedulerOutput
@@ -56,23 +57,21 @@ def prepare_inputs(
     block_size: int,
     device: torch.device,
 ) -> ModelInputs:
+    """Builds every integer input on the host in numpy and moves them in one copy."""
     num_scheduled = scheduler_output.num_scheduled_tokens
     # Decodes (one new token) first: they share one batched attention call.
     req_ids = sorted(num_scheduled, key=lambda r: num_scheduled[r] != 1)
+    num_decodes = sum(1 for r in req_ids if num_scheduled[r] == 1)
     input_ids: list[int] = []
-    positions: list[int] = []
-    slots: list[int] = []
+    starts, counts = [], []
     sampling_req_ids, logits_rows, spans = [], [], []
     for req_id in req_ids:
         state = states[req_id]
         start, end = state.num_computed_tokens, state.num_computed_tokens + num_scheduled[req_id]
         first_row = len(input_ids)
         input_ids.extend(state.token_ids[start:end])
-        positions.extend(range(start, end))
-        slots.extend(
-            state.block_ids[p // block_size] * block_size + p % block_size
-            for p in range(start, end)
-        )
+        starts.append(start)
+        counts.append(end - start)
         if end == len(state.token_ids):
             sampling_req_ids.append(req_id)
             logits_rows.append(len(input_ids) - 1)
@@ -80,18 +79,92 @@ def prepare_inputs(
         if span is not None:
             spans.append(span)
 
-    def as_tensor(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64, device=device)
-
+    starts_np = np.array(starts, dtype=np.int64)
+    counts_np = np.array(counts, dtype=np.int64)
+    seq_lens = starts_np + counts_np
+    # positions: each request's range [start, start + count), concatenated
+    row_starts = np.cumsum(counts_np) - counts_np
+    positions = np.arange(len(input_ids), dtype=np.int64) + np.repeat(
+        starts_np - row_starts, counts
+    )
+    block_tables = _block_tables([states[r].block_ids for r in req_ids])
+    row_of_token = np.repeat(np.arange(len(req_ids)), counts)
+    slots = (
+        block_tables[row_of_token, positions // block_size] * block_size + positions % block_size
+    )
+    chunk_query_start_loc = np.concatenate(([0], np.cumsum(counts_np[num_decodes:])))
+    host = _HostArrays()
+    input_ids_t = host.add(np.array(input_ids, dtype=np.int64))
+    positions_t = host.add(positions)
+    slots_t = host.add(slots)
+    logits_t = host.add(np.array(logits_rows, dtype=np.int64))
+    decode_tables_t = host.add(
+        _trim(block_tables[:num_decodes], seq_lens[:num_decodes], block_size)
+    )
+    decode_seq_lens_t = host.add(seq_lens[:num_decodes])
+    chunk_tables_t = host.add(_trim(block_tables[num_decodes:], seq_lens[num_decodes:], block_size))
+    chunk_qsl_t = host.add(chunk_query_start_loc)
+    chunk_seq_lens_t = host.add(seq_lens[num_decodes:])
+    tensors = host.to(device)
+    chunk_query_lens = counts[num_decodes:]
+    metadata = AttentionMetadata(
+        slot_mapping=tensors[slots_t],
+        num_decodes=num_decodes,
+        decode_block_tables=tensors[decode_tables_t],
+        decode_seq_lens=tensors[decode_seq_lens_t],
+        chunk_query_lens=chunk_query_lens,
+        chunk_seq_lens=seq_lens[num_decodes:].tolist(),
+        chunk_block_tables=tensors[chunk_tables_t],
+        chunk_query_start_loc=tensors[chunk_qsl_t],
+        chunk_seq_lens_tensor=tensors[chunk_seq_lens_t],
+        max_chunk_query_len=max(chunk_query_lens, default=0),
+    )
     return ModelInputs(
-        input_ids=as_tensor(input_ids),
-        positions=as_tensor(positions),
-        metadata=_attention_metadata(states, req_ids, num_scheduled, as_tensor(slots), device),
+        input_ids=tensors[input_ids_t],
+        positions=tensors[positions_t],
+        metadata=metadata,
         req_ids=req_ids,
         sampling_req_ids=sampling_req_ids,
-        logits_indices=as_tensor(logits_rows),
+        logits_indices=tensors[logits_t],
         prompt_logprobs_spans=spans,
     )
+
+
+def _block_tables(block_ids: list[list[int]]) -> np.ndarray:
+    """[num_reqs, max_blocks] int64, rows right-padded with block 0."""
+    width = max((len(ids) for ids in block_ids), default=0)
+    table = np.zeros((len(block_ids), width), dtype=np.int64)
+    for row, ids in enumerate(block_ids):
+        table[row, : len(ids)] = ids
+    return table
+
+
+def _trim(table: np.ndarray, seq_lens: np.ndarray, block_size: int) -> np.ndarray:
+    """The columns these rows' contexts use (a request may hold blocks for later tokens)."""
+    width = int(-(-seq_lens.max() // block_size)) if len(seq_lens) else 0
+    return table[:, :width]
+
+
+class _HostArrays:
+    """int64 arrays packed into one host buffer so they reach the device in a single copy."""
+
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+
+    def add(self, array: np.ndarray) -> int:
+        self.arrays.append(array)
+        return len(self.arrays) - 1
+
+    def to(self, device: torch.device) -> list[torch.Tensor]:
+        flat = np.concatenate([a.reshape(-1) for a in self.arrays]) if self.arrays else None
+        packed = torch.from_numpy(flat if flat is not None else np.zeros(0, np.int64))
+        if device.type == "cuda":
+            packed = packed.pin_memory().to(device, non_blocking=True)
+        views, offset = [], 0
+        for array in self.arrays:
+            views.append(packed[offset : offset + array.size].view(array.shape))
+            offset += array.size
+        return views
 
 
 def _prompt_logprobs_span(
@@ -106,27 +179,28 @@ def _prompt_logprobs_span(
     return PromptLogprobsSpan(state.req_id, first_row, start + 1, last - start)
 
 
-def _attention_metadata(states, req_ids, num_scheduled, slot_mapping, device) -> AttentionMetadata:
-    decode_ids = [r for r in req_ids if num_scheduled[r] == 1]
-    chunk_ids = req_ids[len(decode_ids) :]
+def profile_metadata(
+    seq_lens: list[int], block_size: int, device: torch.device
+) -> AttentionMetadata:
+    """Whole prompts of these lengths, each in its own run of consecutive blocks."""
+    blocks_per_seq = -(-max(seq_lens) // block_size)
+    tables = np.arange(len(seq_lens) * blocks_per_seq, dtype=np.int64).reshape(len(seq_lens), -1)
+    slots = np.concatenate(
+        [tables[i, 0] * block_size + np.arange(n) for i, n in enumerate(seq_lens)]
+    )
 
-    def seq_len(req_id: str) -> int:
-        return states[req_id].num_computed_tokens + num_scheduled[req_id]
+    def as_tensor(values) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=torch.int64, device=device)
 
-    max_blocks = max((len(states[r].block_ids) for r in decode_ids), default=0)
-    decode_tables = [
-        states[r].block_ids + [0] * (max_blocks - len(states[r].block_ids)) for r in decode_ids
-    ]
     return AttentionMetadata(
-        slot_mapping=slot_mapping,
-        num_decodes=len(decode_ids),
-        decode_block_tables=torch.tensor(decode_tables, dtype=torch.int64, device=device),
-        decode_seq_lens=torch.tensor(
-            [seq_len(r) for r in decode_ids], dtype=torch.int64, device=device
-        ),
-        chunk_query_lens=[num_scheduled[r] for r in chunk_ids],
-        chunk_seq_lens=[seq_len(r) for r in chunk_ids],
-        chunk_block_tables=[
-            torch.tensor(states[r].block_ids, dtype=torch.int64, device=device) for r in chunk_ids
-        ],
+        slot_mapping=as_tensor(slots),
+        num_decodes=0,
+        decode_block_tables=as_tensor(np.zeros((0, 1))),
+        decode_seq_lens=as_tensor(np.zeros(0)),
+        chunk_query_lens=list(seq_lens),
+        chunk_seq_lens=list(seq_lens),
+        chunk_block_tables=as_tensor(tables),
+        chunk_query_start_loc=as_tensor(np.concatenate(([0], np.cumsum(seq_lens)))),
+        chunk_seq_lens_tensor=as_tensor(seq_lens),
+        max_chunk_query_len=max(seq_lens),
     )

@@ -28,13 +28,26 @@ def num_blocks_for_budget(
     per_block = bytes_per_block(arch, cache.block_size, dtype)
     if device.type == "cpu":
         return int(cache.cpu_kv_cache_gib * GIB) // per_block
-    _, total = torch.cuda.mem_get_info(device)
+    free, total = torch.cuda.mem_get_info(device)
+    # The profiling pass set the peak of torch's own allocations (weights + activations);
+    # memory outside torch (CUDA context, cuBLAS workspaces, NCCL) is counted as used.
     peak = torch.cuda.max_memory_allocated(device)
-    budget = int(total * cache.gpu_memory_utilization) - peak
+    non_torch = max(0, (total - free) - torch.cuda.memory_reserved(device))
+    allowed = int(total * cache.gpu_memory_utilization)
+    budget = allowed - peak - non_torch
+    logger.info(
+        "GPU memory: %.2f GiB allowed, torch peak %.2f GiB, outside torch %.2f GiB, "
+        "KV cache %.2f GiB",
+        allowed / GIB,
+        peak / GIB,
+        non_torch / GIB,
+        max(budget, 0) / GIB,
+    )
     if budget <= 0:
         raise RuntimeError(
-            f"no memory left for the KV cache (peak use {peak / GIB:.2f} GiB of "
-            f"{total * cache.gpu_memory_utilization / GIB:.2f} GiB allowed)"
+            f"no memory left for the KV cache (peak use {(peak + non_torch) / GIB:.2f} GiB of "
+            f"{allowed / GIB:.2f} GiB allowed); lower max_num_batched_tokens or raise "
+            "gpu_memory_utilization"
         )
     return budget // per_block
 

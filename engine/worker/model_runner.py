@@ -12,7 +12,14 @@ from fleetlm.engine.models.llama import LlamaForCausalLM
 from fleetlm.engine.sample.logprobs import LogprobsTensors, compute_logprobs
 from fleetlm.engine.sample.metadata import build_sampling_metadata
 from fleetlm.engine.sample.sampler import Sampler
-from fleetlm.engine.worker.input_batch import CachedRequestState, ModelInputs, prepare_inputs
+from fleetlm.engine.sampling_params import SamplingParams
+from fleetlm.engine.worker.cuda_graphs import CudaGraphRunner
+from fleetlm.engine.worker.input_batch import (
+    CachedRequestState,
+    ModelInputs,
+    prepare_inputs,
+    profile_metadata,
+)
 from fleetlm.engine.worker.kv_cache import allocate_kv_cache, num_blocks_for_budget
 from fleetlm.engine.worker.model_loading import load_model
 
@@ -35,6 +42,12 @@ class ModelRunner:
             config.model.dtype,
             time.monotonic() - started,
         )
+        self.sampler = Sampler()
+        self.generator = torch.Generator(self.device).manual_seed(config.model.seed)
+        self.seeded_generators: dict[str, torch.Generator] = {}
+        self.requests: dict[str, CachedRequestState] = {}
+        if self.device.type == "cuda" and config.cache.num_blocks_override is None:
+            self._profile_run()
         self.num_blocks = num_blocks_for_budget(
             config.cache, config.model.arch, self.dtype, self.device
         )
@@ -47,10 +60,16 @@ class ModelRunner:
             self.block_size,
             self.num_blocks * self.block_size,
         )
-        self.sampler = Sampler()
-        self.generator = torch.Generator(self.device).manual_seed(config.model.seed)
-        self.seeded_generators: dict[str, torch.Generator] = {}
-        self.requests: dict[str, CachedRequestState] = {}
+        self.cuda_graphs: CudaGraphRunner | None = None
+        if config.cuda_graphs.enabled:
+            self.cuda_graphs = CudaGraphRunner(
+                self.model,
+                self.kv_caches,
+                config.cuda_graphs.batch_sizes(),
+                max_blocks_per_seq=-(-config.model.max_model_len // self.block_size),
+                device=self.device,
+            )
+            self.cuda_graphs.capture()
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
@@ -58,7 +77,7 @@ class ModelRunner:
         if scheduler_output.is_empty:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
         inputs = prepare_inputs(self.requests, scheduler_output, self.block_size, self.device)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.metadata)
+        hidden = self._forward(inputs)
         sampled = self._sample(hidden, inputs)
         prompt_logprobs = self._prompt_logprobs(hidden, inputs)
         for state in (self.requests[r] for r in inputs.req_ids):
@@ -71,6 +90,57 @@ class ModelRunner:
             logprobs=sampled.logprobs,
             prompt_logprobs=prompt_logprobs,
         )
+
+    def _forward(self, inputs: ModelInputs) -> torch.Tensor:
+        metadata = inputs.metadata
+        graphs = self.cuda_graphs
+        if (
+            graphs is not None
+            and metadata.num_chunks == 0
+            and graphs.padded_size(metadata.num_decodes) is not None
+        ):
+            return graphs.run(inputs.input_ids, inputs.positions, metadata)
+        return self.model(inputs.input_ids, inputs.positions, self.kv_caches, metadata)
+
+    def _profile_run(self) -> None:
+        """The largest step the scheduler can make, run once before the KV cache exists, so
+        `num_blocks_for_budget` sees the activations' peak memory: a full token budget of
+        prompt chunks, then logits and sampling for max_num_seqs rows."""
+        torch.cuda.reset_peak_memory_stats(self.device)
+        scheduler = self.config.scheduler
+        num_tokens = scheduler.max_num_batched_tokens
+        seq_len = min(num_tokens, self.config.model.max_model_len)
+        seq_lens = [seq_len] * (num_tokens // seq_len)
+        if num_tokens % seq_len:
+            seq_lens.append(num_tokens % seq_len)
+        blocks_per_seq = -(-seq_len // self.block_size)
+        kv_caches = allocate_kv_cache(
+            self.config.model.arch,
+            len(seq_lens) * blocks_per_seq,
+            self.block_size,
+            self.dtype,
+            self.device,
+        )
+        metadata = profile_metadata(seq_lens, self.block_size, self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in seq_lens])
+        input_ids = torch.zeros_like(positions)
+        with torch.inference_mode():
+            hidden = self.model(input_ids, positions, kv_caches, metadata)
+            num_rows = min(scheduler.max_num_seqs, num_tokens)
+            logits = self.model.compute_logits(hidden[:num_rows])
+            metadata = build_sampling_metadata(
+                params=[SamplingParams(temperature=1.0, top_p=0.9, top_k=50)] * num_rows,
+                prompt_token_ids=[[]] * num_rows,
+                output_token_ids=[[]] * num_rows,
+                generators={},
+                default_generator=self.generator,
+                eos_token_ids=self.eos_token_ids,
+                vocab_size=self.vocab_size,
+                device=self.device,
+            )
+            self.sampler(logits, metadata)
+        torch.cuda.synchronize(self.device)
+        del hidden, logits, kv_caches
 
     def _update_states(self, scheduler_output: SchedulerOutput) -> None:
         for req_id in scheduler_output.finished_req_ids:

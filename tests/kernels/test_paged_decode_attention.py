@@ -68,3 +68,33 @@ def test_unsupported_shapes_are_refused(device):
     )
     with pytest.raises(AssertionError, match="block_size and head_dim"):
         paged_decode_attention(query, key_cache, value_cache, block_tables, seq_lens, 0.125)
+
+
+def test_padding_rows_give_zeros_and_leave_real_rows_alone(device):
+    """A CUDA graph runs a padded batch: rows with seq_len 0 must not disturb the others."""
+    query, key_cache, value_cache, block_tables, seq_lens = _inputs(
+        device, torch.float32, 8, 2, 64, 16, [33, 0, 17, 0]
+    )
+    out = paged_decode_attention(
+        query, key_cache, value_cache, block_tables, seq_lens, 0.125, num_splits=3
+    )
+    real = [0, 2]
+    expected = paged_decode_attention_ref(
+        query[real], key_cache, value_cache, block_tables[real], seq_lens[real], 0.125
+    )
+    torch.testing.assert_close(out[real], expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(out[[1, 3]], torch.zeros_like(out[[1, 3]]))
+
+
+def test_splits_follow_each_sequence_length(device):
+    """More splits than a short sequence has blocks: the extra splits are empty, not wrong."""
+    query, key_cache, value_cache, block_tables, seq_lens = _inputs(
+        device, torch.float32, 4, 4, 64, 16, [1, 100]
+    )
+    out = paged_decode_attention(
+        query, key_cache, value_cache, block_tables, seq_lens, 0.125, num_splits=5
+    )
+    expected = paged_decode_attention_ref(
+        query, key_cache, value_cache, block_tables, seq_lens, 0.125
+    )
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
