@@ -52,6 +52,10 @@ class RotaryEmbedding(nn.Module):
         query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
         key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if query.is_cuda:  # one Triton kernel, bit-identical (kernels/fused_rotary.py)
+            from fleetlm.kernels.fused_rotary import apply_rotary
+
+            return apply_rotary(positions, query, key, self.cos_cache, self.sin_cache)
         cos = self.cos_cache[positions].to(query.dtype).unsqueeze(1)
         sin = self.sin_cache[positions].to(query.dtype).unsqueeze(1)
         return query * cos + _rotate_half(query) * sin, key * cos + _rotate_half(key) * sin
