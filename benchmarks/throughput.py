@@ -89,7 +89,10 @@ def run_fleetlm(args, prompts) -> dict:
         detokenize=False,
         seed=None,
     )
-    llm.generate([prompts[0][:16]], SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
+    # Warm-up: a few full-length prompts, so nothing is compiled or first-touched while timed.
+    warmup = SamplingParams(max_tokens=4, ignore_eos=True, detokenize=False)
+    llm.generate(prompts[: min(4, len(prompts))], warmup, use_tqdm=False)
+    llm.engine.reset_prefix_cache()  # the measured run must not hit the warm-up's blocks
     engine = llm.engine
     timings = {}
     start = time.perf_counter()
@@ -130,7 +133,15 @@ def run_transformers(args, prompts) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(model_path(args), dtype=dtype).to(device).eval()
+    if args.load_format == "dummy":  # random weights, drawn on the device (as fleetlm's dummy)
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path(args))
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path(args), dtype=dtype)
+        model = model.to(device).eval()
     load_time = time.perf_counter() - started
     sampling = (
         {"do_sample": True, "temperature": args.temperature, "top_k": 0, "top_p": 1.0}

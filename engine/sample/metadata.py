@@ -114,7 +114,7 @@ def pad_token_ids(
     """[len(rows), max_len] int64 tensor of `rows`, right-padded with `pad_id`."""
     max_len = max((len(row) for row in rows), default=0)
     padded = [list(row) + [pad_id] * (max_len - len(row)) for row in rows]
-    return torch.tensor(padded, dtype=torch.int64, device=device).reshape(len(rows), max_len)
+    return to_device(torch.tensor(padded, dtype=torch.int64), device).reshape(len(rows), max_len)
 
 
 def _top_k(params: SamplingParams | None, vocab_size: int) -> int:
@@ -136,4 +136,12 @@ def _optional(
 def _tensor(
     values: list[float] | list[int], dtype: torch.dtype, device: torch.device | str
 ) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
+    return to_device(torch.tensor(values, dtype=dtype), device)
+
+
+def to_device(host: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device`. To CUDA through pinned memory without blocking: a copy from
+    pageable memory would wait for the work already queued (the step's forward pass)."""
+    if torch.device(device).type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)

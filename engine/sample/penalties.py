@@ -6,7 +6,7 @@ raw logprobs from the logits it passed in.
 
 import torch
 
-from fleetlm.engine.sample.metadata import SamplingMetadata, pad_token_ids
+from fleetlm.engine.sample.metadata import SamplingMetadata, pad_token_ids, to_device
 
 
 def apply_bans(logits: torch.Tensor, banned_token_ids: list[list[int]]) -> torch.Tensor:
@@ -15,8 +15,8 @@ def apply_bans(logits: torch.Tensor, banned_token_ids: list[list[int]]) -> torch
     if not rows:
         return logits
     cols = [i for ids in banned_token_ids for i in ids]
-    index = torch.tensor([rows, cols], dtype=torch.int64, device=logits.device)
-    return logits.index_put((index[0], index[1]), torch.tensor(-torch.inf, device=logits.device))
+    index = to_device(torch.tensor([rows, cols], dtype=torch.int64), logits.device)
+    return logits.index_put((index[0], index[1]), logits.new_full((), -torch.inf))
 
 
 def apply_penalties(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
