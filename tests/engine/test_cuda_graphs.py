@@ -19,9 +19,9 @@ def test_batch_sizes_pad_like_vllm():
     assert all(b % 8 == 0 for b in sizes[3:])
 
 
-def test_graphs_are_off_on_cpu_and_with_enforce_eager():
-    assert not EngineArgs(device="cpu").create_engine_config().cuda_graphs.enabled
-    args = EngineArgs(device="cpu", enforce_eager=True, max_num_seqs=64)
+def test_graphs_are_off_on_cpu_and_with_enforce_eager(tiny_model):
+    assert not EngineArgs(tiny_model, device="cpu").create_engine_config().cuda_graphs.enabled
+    args = EngineArgs(tiny_model, device="cpu", enforce_eager=True, max_num_seqs=64)
     config = args.create_engine_config()
     assert not config.cuda_graphs.enabled and config.cuda_graphs.max_batch_size == 64
 
