@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="write the JSON result here")
     parser.add_argument("--label", default=None, help="a name for this run, kept in the JSON")
     parser.add_argument(
+        "--num-warmups", type=int, default=1, help="short unmeasured requests sent first"
+    )
+    parser.add_argument(
         "--time-empty-chunks",
         action="store_true",
         help="time every choice chunk, also those with empty text (a model served without a "
@@ -214,9 +217,10 @@ async def benchmark(args) -> tuple[str, list[RequestOutput], float]:
                     args.time_empty_chunks,
                 )
 
-        # Warm-up: one short request first (as vLLM's benchmark does), not measured.
+        # Warm-up: short requests first (as vLLM's benchmark sends one), not measured.
         warmup = {**build_payload(args, model, prompts[0][:16]), "max_tokens": 4}
-        await send_request(session, args.base_url + args.endpoint, warmup, 16)
+        for _ in range(args.num_warmups):
+            await send_request(session, args.base_url + args.endpoint, warmup, 16)
         start = time.perf_counter()
         tasks = [
             asyncio.create_task(limited(prompt))

@@ -4,7 +4,7 @@ import logging
 import time
 
 from fleetlm.engine.config import EngineArgs, EngineConfig
-from fleetlm.engine.core.engine_core import EngineCore
+from fleetlm.engine.core.engine_core import EngineCore, StepInFlight
 from fleetlm.engine.core.protocol import EngineCoreStats
 from fleetlm.engine.output_processor import OutputProcessor
 from fleetlm.engine.outputs import RequestOutput
@@ -22,6 +22,7 @@ class LLMEngine:
         self.processor = Processor(config.model, self.tokenizer)
         self.engine_core = EngineCore(config)
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.in_flight: StepInFlight | None = None  # a step queued on the device
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
@@ -54,14 +55,22 @@ class LLMEngine:
         return outputs
 
     def step(self) -> list[RequestOutput]:
-        core_outputs = self.engine_core.step()
+        """Finish the step in flight, launch the next one, then process the finished step's
+        outputs (detokenize, stop strings) while the device runs the next."""
+        core = self.engine_core
+        if self.in_flight is None:
+            if not core.has_unfinished_requests():
+                return []
+            self.in_flight = core.launch_step()
+        core_outputs = core.finish_step(self.in_flight)
+        self.in_flight = core.launch_step() if core.has_unfinished_requests() else None
         processed = self.output_processor.process_outputs(core_outputs)
         if processed.sample_ids_to_stop:
             self.engine_core.stop_requests(processed.sample_ids_to_stop)
         return processed.request_outputs
 
     def has_unfinished_requests(self) -> bool:
-        return self.engine_core.has_unfinished_requests()
+        return self.in_flight is not None or self.engine_core.has_unfinished_requests()
 
     def get_stats(self) -> EngineCoreStats:
         return self.engine_core.stats()

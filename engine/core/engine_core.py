@@ -1,10 +1,23 @@
 """The engine core: one step is schedule -> execute -> update."""
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from fleetlm.engine.config import EngineConfig
 from fleetlm.engine.core.kv_cache_manager import KVCacheManager
 from fleetlm.engine.core.protocol import EngineCoreOutput, EngineCoreRequest, EngineCoreStats
 from fleetlm.engine.core.request import Request, RequestStatus
 from fleetlm.engine.core.scheduler import Scheduler
+from fleetlm.engine.core.scheduler_output import SchedulerOutput
+
+if TYPE_CHECKING:
+    from fleetlm.engine.worker.model_runner import StepLaunch
+
+
+@dataclass
+class StepInFlight:
+    scheduler_output: SchedulerOutput
+    launch: "StepLaunch"
 
 
 class EngineCore:
@@ -54,9 +67,23 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
 
     def step(self) -> list[EngineCoreOutput]:
+        return self.finish_step(self.launch_step())
+
+    def launch_step(self) -> "StepInFlight":
+        """Schedule a step and queue it on the device without waiting for it.
+
+        NOTE: callers overlap their own host work with the device this way: finish step N,
+        launch step N+1 (it needs N's tokens), then hand N's outputs on (detokenize, send)
+        while the device runs N+1. Requests may be aborted or stopped while a step is in
+        flight: their blocks go back to the pool, which is safe because later steps run after
+        this one on the device, and `finish_step` drops their results.
+        """
         scheduler_output = self.scheduler.schedule()
-        runner_output = self.model_runner.execute_model(scheduler_output)
-        return self.scheduler.update_from_output(scheduler_output, runner_output)
+        return StepInFlight(scheduler_output, self.model_runner.launch(scheduler_output))
+
+    def finish_step(self, step: "StepInFlight") -> list[EngineCoreOutput]:
+        runner_output = self.model_runner.finish(step.launch)
+        return self.scheduler.update_from_output(step.scheduler_output, runner_output)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()

@@ -43,7 +43,7 @@ from fleetlm.engine.core.wire import (
 )
 
 if TYPE_CHECKING:
-    from fleetlm.engine.core.engine_core import EngineCore
+    from fleetlm.engine.core.engine_core import EngineCore, StepInFlight
 
 logger = logging.getLogger("fleetlm.engine.core.engine_process")
 
@@ -69,14 +69,19 @@ class EngineProcess:
     def run(self) -> None:
         """Until "shutdown" or end of stream (returns), or an engine failure (raises)."""
         threading.Thread(target=self._read_frames, name="frame-reader", daemon=True).start()
+        in_flight: StepInFlight | None = None
         while True:
             # Wait for messages only when there is nothing to step, and not past the next stats.
-            timeout = None if self.core.has_unfinished_requests() else self._seconds_to_stats()
-            if not self._apply_inbox(timeout):
+            busy = in_flight is not None or self.core.has_unfinished_requests()
+            if not self._apply_inbox(None if busy else self._seconds_to_stats()):
                 return
             outputs, self.pending = self.pending, []
+            if in_flight is not None:
+                outputs += self.core.finish_step(in_flight)
+                in_flight = None
+            # The next step runs on the device while this one's outputs are encoded and sent.
             if self.core.has_unfinished_requests():
-                outputs += self.core.step()
+                in_flight = self.core.launch_step()
             if outputs or self._seconds_to_stats() == 0.0:
                 self._send_outputs(outputs)
 

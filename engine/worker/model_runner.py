@@ -11,7 +11,7 @@ from fleetlm.engine.core.scheduler_output import ModelRunnerOutput, SchedulerOut
 from fleetlm.engine.models.llama import LlamaForCausalLM
 from fleetlm.engine.sample.logprobs import LogprobsTensors, compute_logprobs
 from fleetlm.engine.sample.metadata import build_sampling_metadata
-from fleetlm.engine.sample.sampler import Sampler
+from fleetlm.engine.sample.sampler import Sampler, SamplerOutput
 from fleetlm.engine.sampling_params import SamplingParams
 from fleetlm.engine.worker.cuda_graphs import CudaGraphRunner
 from fleetlm.engine.worker.input_batch import (
@@ -71,17 +71,31 @@ class ModelRunner:
             )
             self.cuda_graphs.capture()
 
-    @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self.finish(self.launch(scheduler_output))
+
+    @torch.inference_mode()
+    def launch(self, scheduler_output: SchedulerOutput) -> "StepLaunch":
+        """Queue the step's forward pass and sampling on the device and return without waiting
+        for them (on CUDA); `finish` waits and returns the tokens. The caller may do host work
+        in between, e.g. hand the previous step's outputs on."""
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
-            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+            return StepLaunch(None, None, None)
         inputs = prepare_inputs(self.requests, scheduler_output, self.block_size, self.device)
         hidden = self._forward(inputs)
-        sampled = self._sample(hidden, inputs)
-        prompt_logprobs = self._prompt_logprobs(hidden, inputs)
+        sampled = self._launch_sampling(hidden, inputs)
         for state in (self.requests[r] for r in inputs.req_ids):
             state.num_computed_tokens += scheduler_output.num_scheduled_tokens[state.req_id]
+        return StepLaunch(inputs, hidden, sampled)
+
+    @torch.inference_mode()
+    def finish(self, launch: "StepLaunch") -> ModelRunnerOutput:
+        inputs = launch.inputs
+        if inputs is None:
+            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        sampled = self._collect_samples(launch.sampled, inputs)
+        prompt_logprobs = self._prompt_logprobs(launch.hidden, inputs)
         return ModelRunnerOutput(
             req_ids=inputs.req_ids,
             sampled_token_ids=[
@@ -160,9 +174,9 @@ class ModelRunner:
             state.block_ids.extend(cached.new_block_ids)
             state.num_computed_tokens = cached.num_computed_tokens
 
-    def _sample(self, hidden: torch.Tensor, inputs: ModelInputs) -> "_Sampled":
+    def _launch_sampling(self, hidden: torch.Tensor, inputs: ModelInputs) -> SamplerOutput | None:
         if not inputs.sampling_req_ids:
-            return _Sampled({}, {})
+            return None
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         states = [self.requests[r] for r in inputs.sampling_req_ids]
         metadata = build_sampling_metadata(
@@ -175,7 +189,13 @@ class ModelRunner:
             vocab_size=self.vocab_size,
             device=self.device,
         )
-        output = self.sampler(logits, metadata)
+        return self.sampler(logits, metadata)
+
+    def _collect_samples(self, output: SamplerOutput | None, inputs: ModelInputs) -> "_Sampled":
+        """Waits for the sampled tokens (the step's one device-to-host sync)."""
+        if output is None:
+            return _Sampled({}, {})
+        states = [self.requests[r] for r in inputs.sampling_req_ids]
         token_ids = output.sampled_token_ids.tolist()
         for state, token_id in zip(states, token_ids, strict=True):
             state.token_ids.append(token_id)
@@ -222,6 +242,15 @@ class ModelRunner:
             )
             result[span.req_id] = (span.first_token, _to_lists(logprobs, 0, span.num_tokens, k))
         return result
+
+
+@dataclass
+class StepLaunch:
+    """A step queued on the device; all None for an empty step."""
+
+    inputs: ModelInputs | None
+    hidden: torch.Tensor | None  # the step's hidden states (prompt logprobs read them)
+    sampled: SamplerOutput | None  # device tensors, ready once the device gets there
 
 
 @dataclass

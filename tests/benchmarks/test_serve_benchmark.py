@@ -110,9 +110,8 @@ def server():
 
 
 def run(base_url: str, *extra: str):
-    args = serve.parse_args(
-        ["--base-url", base_url, "--input-len", "8", "--output-len", "5", *extra]
-    )
+    base = ["--base-url", base_url, "--input-len", "8", "--output-len", "5", "--num-warmups", "0"]
+    args = serve.parse_args([*base, *extra])
     return args, asyncio.run(serve.benchmark(args))
 
 
@@ -206,6 +205,7 @@ def test_main_prints_table_and_writes_json(server, tmp_path, capsys):
     fake, url = server
     path = tmp_path / "serve.json"
     argv = ["--base-url", url, "--num-prompts", "4", "--input-len", "8", "--output-len", "5"]
+    argv += ["--num-warmups", "0"]
     serve.main([*argv, "--max-concurrency", "2", "--output", str(path), "--label", "fake"])
     report = json.loads(path.read_text())
     assert report["benchmark"] == "serve"
@@ -235,3 +235,11 @@ def test_summarize_prefers_the_reported_token_count():
     assert result["num_output_tokens"] == 5
     assert result["mean_tpot_ms"] == pytest.approx(500.0)
     assert result["mean_itl_ms"] == pytest.approx(1000.0)  # between chunks
+
+
+def test_warmup_requests_come_first_and_are_not_measured(server):
+    fake, url = server
+    args = serve.parse_args(["--base-url", url, "--num-prompts", "3", "--num-warmups", "2"])
+    _, outputs, _ = asyncio.run(serve.benchmark(args))
+    assert len(outputs) == 3
+    assert [p["max_tokens"] for p in fake.payloads] == [4, 4] + [args.output_len] * 3
