@@ -16,12 +16,22 @@ class RequestStatus(enum.Enum):
 
     @property
     def is_finished(self) -> bool:
-        return self.value in ("stop", "length", "abort")
+        return self in _FINISHED
 
     @property
     def finish_reason(self) -> str | None:
         """The OpenAI finish reason: "stop", "length" or "abort"; None while unfinished."""
-        return self.value if self.is_finished else None
+        return self.value if self in _FINISHED else None
+
+
+# Checked for every request at every step: a set lookup, not a tuple scan of values.
+_FINISHED = frozenset(
+    (
+        RequestStatus.FINISHED_STOPPED,
+        RequestStatus.FINISHED_LENGTH_CAPPED,
+        RequestStatus.FINISHED_ABORTED,
+    )
+)
 
 
 class Request:

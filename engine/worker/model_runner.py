@@ -10,7 +10,7 @@ from fleetlm.engine.config import EngineConfig
 from fleetlm.engine.core.scheduler_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from fleetlm.engine.models.llama import LlamaForCausalLM
 from fleetlm.engine.sample.logprobs import LogprobsTensors, compute_logprobs
-from fleetlm.engine.sample.metadata import build_sampling_metadata
+from fleetlm.engine.sample.metadata import build_sampling_metadata, needs_token_history
 from fleetlm.engine.sample.sampler import Sampler, SamplerOutput
 from fleetlm.engine.sampling_params import SamplingParams
 from fleetlm.engine.worker.cuda_graphs import CudaGraphRunner
@@ -179,10 +179,12 @@ class ModelRunner:
             return None
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         states = [self.requests[r] for r in inputs.sampling_req_ids]
+        # Copies of every row's tokens cost O(context) per step: only for rows that read them.
+        readers = [s if needs_token_history(s.sampling_params) else None for s in states]
         metadata = build_sampling_metadata(
             params=[s.sampling_params for s in states],
-            prompt_token_ids=[s.prompt_token_ids for s in states],
-            output_token_ids=[s.output_token_ids for s in states],
+            prompt_token_ids=[() if s is None else s.prompt_token_ids for s in readers],
+            output_token_ids=[() if s is None else s.output_token_ids for s in readers],
             generators=self._generators(states),
             default_generator=self.generator,
             eos_token_ids=self.eos_token_ids,
