@@ -32,6 +32,8 @@ from fleetlm.engine.core.wire import (
 )
 from fleetlm.engine.sampling_params import SamplingParams
 
+from .helpers import tiny_engine_args
+
 pytestmark = pytest.mark.timeout(60)
 
 EOS = 0
@@ -40,29 +42,7 @@ START_TIMEOUT_S = 30.0
 
 @pytest.fixture
 def engine_args(tmp_path: Path) -> EngineArgs:
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": 256,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 128,
-        "max_position_embeddings": 256,
-        "bos_token_id": 1,
-        "eos_token_id": EOS,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return EngineArgs(
-        model=str(tmp_path),
-        load_format="dummy",
-        skip_tokenizer_init=True,
-        dtype="float32",
-        device="cpu",
-        num_gpu_blocks_override=64,
-        block_size=4,
-    )
+    return tiny_engine_args(tmp_path, eos_token_id=EOS)
 
 
 class Recorder:

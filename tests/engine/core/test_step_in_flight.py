@@ -1,41 +1,20 @@
 """Steps in flight: `launch_step` then `finish_step` equals `step`, and requests aborted or
 stopped while a step is in flight lose nothing of the others and give their blocks back."""
 
-import json
 from pathlib import Path
 
 import pytest
 
-from fleetlm.engine.config import EngineArgs
 from fleetlm.engine.core.engine_core import EngineCore
 from fleetlm.engine.core.protocol import EngineCoreRequest
 from fleetlm.engine.sampling_params import SamplingParams
 
+from .helpers import tiny_engine_args
+
 
 @pytest.fixture
 def core(tmp_path: Path) -> EngineCore:
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": 256,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 128,
-        "max_position_embeddings": 256,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    args = EngineArgs(
-        model=str(tmp_path),
-        load_format="dummy",
-        skip_tokenizer_init=True,
-        dtype="float32",
-        device="cpu",
-        num_gpu_blocks_override=64,
-        block_size=4,
-    )
-    return EngineCore(args.create_engine_config())
+    return EngineCore(tiny_engine_args(tmp_path).create_engine_config())
 
 
 def add(core: EngineCore, request_id: str, max_tokens: int) -> None:
