@@ -18,7 +18,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# Integer arguments that vary from step to step are not specialised on (== 1, multiple of 16):
+# each distinct specialisation would compile again in the middle of serving.
+@triton.jit(do_not_specialize=["num_seqs", "block_table_stride", "num_splits"])
 def _decode_split_kernel(
     partial_out_ptr,  # [num_splits, num_seqs, num_heads, head_dim] float32, unnormalised
     partial_max_ptr,  # [num_splits, num_seqs, num_heads] float32
@@ -96,7 +98,7 @@ def _decode_split_kernel(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs", "num_splits"])
 def _merge_splits_kernel(
     out_ptr,  # [num_seqs, num_heads, head_dim]
     partial_out_ptr,  # [num_splits, num_seqs, num_heads, head_dim] float32

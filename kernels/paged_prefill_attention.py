@@ -77,7 +77,8 @@ def _attend_range(
     return acc, row_sum, row_max
 
 
-@triton.jit
+# The block tables' width varies from step to step: not specialised on, so it compiles once.
+@triton.jit(do_not_specialize=["block_table_stride"])
 def _prefill_kernel(
     out_ptr,  # [num_tokens, num_heads, head_dim], contiguous
     query_ptr,  # [num_tokens, num_heads, head_dim], rows may be strided

@@ -60,6 +60,8 @@ class ModelRunner:
             self.block_size,
             self.num_blocks * self.block_size,
         )
+        if self.device.type == "cuda":
+            self.compile_prompt_kernels()
         self.cuda_graphs: CudaGraphRunner | None = None
         if config.cuda_graphs.enabled:
             self.cuda_graphs = CudaGraphRunner(
@@ -115,6 +117,27 @@ class ModelRunner:
         ):
             return graphs.run(inputs.input_ids, inputs.positions, metadata)
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, metadata)
+
+    @torch.inference_mode()
+    def compile_prompt_kernels(self) -> None:
+        """One short prompt per tile size of the prompt-chunk kernel (query lengths 1, 2, 4,
+        ... until a tile of (token, head) rows is full), so that no request waits for Triton
+        to compile one. It writes only into blocks that no request holds yet."""
+        started = time.monotonic()
+        arch = self.config.model.arch
+        group = arch.num_attention_heads // arch.num_key_value_heads
+        longest = min(self.config.scheduler.max_num_batched_tokens, self.config.model.max_model_len)
+        query_len = 1
+        while query_len <= longest:
+            metadata = profile_metadata([query_len], self.block_size, self.device)
+            positions = torch.arange(query_len, device=self.device)
+            self.model(torch.zeros_like(positions), positions, self.kv_caches, metadata)
+            if query_len * group >= 128:  # the largest tile (kernels/paged_prefill_attention.py)
+                break
+            query_len *= 2
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        logger.info("prompt kernels ready in %.1f s", time.monotonic() - started)
 
     def _profile_run(self) -> None:
         """The largest step the scheduler can make, run once before the KV cache exists, so

@@ -79,3 +79,16 @@ def test_replayed_decode_steps_match_eager_steps(tiny_model, num_prompts):
         for a, b in zip(graph_out.outputs[0].logprobs, eager_out.outputs[0].logprobs, strict=True):
             token = next(iter(a))
             assert a[token].logprob == pytest.approx(b[token].logprob, abs=1e-4)
+
+
+def test_compiling_the_prompt_kernels_changes_no_output(tiny_model):
+    """The start-up warm-up (run on CUDA) writes only into blocks no request holds yet: on the
+    CPU path, running it first leaves greedy outputs as they were."""
+    prompts = [{"prompt_token_ids": [3, 1, 4, 1, 5, 9, 2, 6]}, {"prompt_token_ids": [7] * 21}]
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    llm = LLM(tiny_model, dtype="float32", device="cpu", skip_tokenizer_init=True)
+    before = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    llm.engine.reset_prefix_cache()
+    llm.engine.engine_core.model_runner.compile_prompt_kernels()
+    after = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert after == before
