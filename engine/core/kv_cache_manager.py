@@ -82,6 +82,11 @@ class KVCacheManager:
         they hold `len(new_computed_blocks) * block_size` tokens already computed.
         """
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
+        if not new_computed_blocks:  # the common case, a decode: usually no new block at all
+            num_total = request.num_computed_tokens + num_new_tokens
+            if num_total <= len(blocks) * self.block_size:
+                self._cache_full_blocks(request, blocks, num_total)
+                return []
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
         num_total = num_computed + num_new_tokens
         num_new_blocks = cdiv(num_total, self.block_size) - len(blocks) - len(new_computed_blocks)
