@@ -126,7 +126,11 @@ class ModelRunner:
         started = time.monotonic()
         arch = self.config.model.arch
         group = arch.num_attention_heads // arch.num_key_value_heads
-        longest = min(self.config.scheduler.max_num_batched_tokens, self.config.model.max_model_len)
+        longest = min(
+            self.config.scheduler.max_num_batched_tokens,
+            self.config.model.max_model_len,
+            self.num_blocks * self.block_size,  # a tiny cache (num_gpu_blocks_override)
+        )
         query_len = 1
         while query_len <= longest:
             metadata = profile_metadata([query_len], self.block_size, self.device)
