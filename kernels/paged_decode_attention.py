@@ -119,6 +119,7 @@ def _merge_splits_kernel(
     maxima = tl.load(partial_max_ptr + stats, mask=split_mask, other=float("-inf"))
     sums = tl.load(partial_sum_ptr + stats, mask=split_mask, other=0.0)
     overall = tl.max(maxima, axis=0)
+    overall = tl.where(overall == float("-inf"), 0.0, overall)  # a padding row: no -inf - -inf
     # Empty splits have max -inf: their weight is 0 (and must not become nan).
     weights = tl.where(maxima == float("-inf"), 0.0, tl.exp(maxima - overall))
     outs = tl.load(
