@@ -37,6 +37,7 @@ stage_tests() {
 stage_micro() {
   python3 benchmarks/roofline.py --model $MODEL --batch-size 1 --input-len 512 --output-len 512 \
     --dtype bfloat16 --output "$RES/roofline_llama8b.json"
+  python3 benchmarks/prefill_attention.py --output "$RES/prefill_attention.json"
 }
 
 stage_batch1() {

@@ -10,6 +10,7 @@ the block-table buffer is as wide as the longest sequence the model allows. Prom
 decode batches larger than the largest graph, run eagerly.
 """
 
+import bisect
 import logging
 import time
 from dataclasses import dataclass
@@ -112,20 +113,18 @@ class CudaGraphRunner:
 
     def padded_size(self, num_decodes: int) -> int | None:
         """The graph a step of `num_decodes` decodes replays; None if it is too large."""
-        for size in self.batch_sizes:
-            if size >= num_decodes:
-                return size
-        return None
+        index = bisect.bisect_left(self.batch_sizes, num_decodes)
+        return self.batch_sizes[index] if index < len(self.batch_sizes) else None
 
     def run(
         self,
         input_ids: torch.Tensor,  # [n]
         positions: torch.Tensor,  # [n]
         metadata: AttentionMetadata,  # decodes only
+        batch_size: int,  # padded_size(n)
     ) -> torch.Tensor:  # [n, hidden_size]
         num_decodes = metadata.num_decodes
-        batch_size = self.padded_size(num_decodes)
-        assert batch_size is not None and metadata.num_chunks == 0
+        assert batch_size in self.graphs and num_decodes <= batch_size and not metadata.num_chunks
         buffers = self.buffers
         buffers.input_ids[:num_decodes].copy_(input_ids)
         buffers.positions[:num_decodes].copy_(positions)

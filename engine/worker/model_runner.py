@@ -110,12 +110,10 @@ class ModelRunner:
     def _forward(self, inputs: ModelInputs) -> torch.Tensor:
         metadata = inputs.metadata
         graphs = self.cuda_graphs
-        if (
-            graphs is not None
-            and metadata.num_chunks == 0
-            and graphs.padded_size(metadata.num_decodes) is not None
-        ):
-            return graphs.run(inputs.input_ids, inputs.positions, metadata)
+        if graphs is not None and metadata.num_chunks == 0:
+            batch_size = graphs.padded_size(metadata.num_decodes)
+            if batch_size is not None:
+                return graphs.run(inputs.input_ids, inputs.positions, metadata, batch_size)
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, metadata)
 
     @torch.inference_mode()
@@ -133,15 +131,21 @@ class ModelRunner:
         )
         query_len = 1
         while query_len <= longest:
-            metadata = profile_metadata([query_len], self.block_size, self.device)
-            positions = torch.arange(query_len, device=self.device)
-            self.model(torch.zeros_like(positions), positions, self.kv_caches, metadata)
+            self._run_whole_prompts([query_len], self.kv_caches)
             if query_len * group >= 128:  # the largest tile (kernels/paged_prefill_attention.py)
                 break
             query_len *= 2
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         logger.info("prompt kernels ready in %.1f s", time.monotonic() - started)
+
+    def _run_whole_prompts(
+        self, seq_lens: list[int], kv_caches: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """A forward pass over dummy prompts of these lengths, written into the first blocks."""
+        metadata = profile_metadata(seq_lens, self.block_size, self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in seq_lens])
+        return self.model(torch.zeros_like(positions), positions, kv_caches, metadata)
 
     def _profile_run(self) -> None:
         """The largest step the scheduler can make, run once before the KV cache exists, so
@@ -162,11 +166,8 @@ class ModelRunner:
             self.dtype,
             self.device,
         )
-        metadata = profile_metadata(seq_lens, self.block_size, self.device)
-        positions = torch.cat([torch.arange(n, device=self.device) for n in seq_lens])
-        input_ids = torch.zeros_like(positions)
         with torch.inference_mode():
-            hidden = self.model(input_ids, positions, kv_caches, metadata)
+            hidden = self._run_whole_prompts(seq_lens, kv_caches)
             num_rows = min(scheduler.max_num_seqs, num_tokens)
             logits = self.model.compute_logits(hidden[:num_rows])
             metadata = build_sampling_metadata(
