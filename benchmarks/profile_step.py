@@ -46,11 +46,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=512)
     parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument(
+        "--window",
+        choices=["decode", "prefill"],
+        default="decode",
+        help="decode: steps after every prompt is in; prefill: the first steps of fresh "
+        "prompts (each window on its own requests, the prefix cache reset before it)",
+    )
     parser.add_argument("--profile-steps", type=int, default=32, help="decode steps profiled")
     parser.add_argument(
         "--enforce-eager",
         action="store_true",
         help="passed to EngineArgs when it has that option (no CUDA graphs)",
+    )
+    parser.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: the engine's (on with CUDA)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", default=None, help="also keep the chrome trace here")
@@ -66,8 +80,10 @@ def build_llm(args):
         "dtype": args.dtype,
         "seed": args.seed,
         "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_model_len": args.input_len + args.output_len + 8,
         "enforce_eager": args.enforce_eager,
+        "async_scheduling": args.async_scheduling,
     }
     return LLM(args.model, **kwargs)
 
@@ -115,21 +131,27 @@ def run(args) -> dict:
     )
     llm.generate(prompts, warmup, use_tqdm=False)
     engine = llm.engine
-    ids = [f"profile-{i}" for i in range(len(prompts))]
-    for request_id, prompt in zip(ids, prompts, strict=True):
-        engine.add_request(request_id, prompt, params)
-    num_prefill_steps = step_through_prefill(engine, set(ids))
-    # Both windows must stay inside every request's decode.
-    num_steps = min(args.profile_steps, (args.output_len - 2) // 2)
-    if num_steps < 1:
-        raise SystemExit("--output-len is too short for a decode window")
-    unprofiled_s = timed_steps(engine, num_steps)
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        profiled_s = timed_steps(engine, num_steps)
-    engine.abort_request(ids)
+    if args.window == "prefill":
+        num_prefill_steps = num_steps = args.profile_steps
+        unprofiled_s = prefill_window(engine, prompts, params, num_steps, "unprofiled")
+        with profile(activities=activities) as prof:
+            profiled_s = prefill_window(engine, prompts, params, num_steps, "profiled")
+    else:
+        ids = [f"profile-{i}" for i in range(len(prompts))]
+        for request_id, prompt in zip(ids, prompts, strict=True):
+            engine.add_request(request_id, prompt, params)
+        num_prefill_steps = step_through_prefill(engine, set(ids))
+        # Both windows must stay inside every request's decode.
+        num_steps = min(args.profile_steps, (args.output_len - 2) // 2)
+        if num_steps < 1:
+            raise SystemExit("--output-len is too short for a decode window")
+        unprofiled_s = timed_steps(engine, num_steps)
+        with profile(activities=activities) as prof:
+            profiled_s = timed_steps(engine, num_steps)
+        engine.abort_request(ids)
     summary = summarize_trace(prof, args.trace)
     gpu = window_split(summary, profiled_s * 1e3, num_steps) if torch.cuda.is_available() else {}
     return {
@@ -141,6 +163,19 @@ def run(args) -> dict:
         **gpu,
         "top_cpu_ops": top_cpu_ops(prof),
     }
+
+
+def prefill_window(engine, prompts, params, num_steps: int, label: str) -> float:
+    """The first num_steps steps of the prompts as fresh requests; then they are aborted."""
+    while engine.has_unfinished_requests():  # nothing of an earlier window left in flight
+        engine.step()
+    engine.reset_prefix_cache()
+    ids = [f"{label}-{i}" for i in range(len(prompts))]
+    for request_id, prompt in zip(ids, prompts, strict=True):
+        engine.add_request(request_id, prompt, params)
+    seconds = timed_steps(engine, num_steps)
+    engine.abort_request(ids)
+    return seconds
 
 
 def step_through_prefill(engine, request_ids: set[str]) -> int:
@@ -240,11 +275,15 @@ def top_cpu_ops(prof) -> list[dict]:
 
 def print_report(report: dict) -> None:
     r = report["results"]
-    print(f"============ decode profile ({report['machine']['device']}) ============")
-    print(
-        f"Steps profiled:        {r['num_profiled_steps']} (after {r['num_prefill_steps']} "
-        "prefill steps)"
-    )
+    window = report["config"]["window"]
+    print(f"============ {window} profile ({report['machine']['device']}) ============")
+    if window == "prefill":
+        print(f"Steps profiled:        the first {r['num_profiled_steps']}")
+    else:
+        print(
+            f"Steps profiled:        {r['num_profiled_steps']} (after "
+            f"{r['num_prefill_steps']} prefill steps)"
+        )
     print(f"Step, unprofiled (ms): {r['unprofiled_step_ms']:.3f}")
     print(f"Step, profiled (ms):   {r['profiled_step_ms']:.3f}")
     if "per_step_ms" not in r:

@@ -46,6 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     parser.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: the engine's (on with CUDA)",
+    )
+    parser.add_argument(
         "--hf-batch-sizes", default="64,8", help="static batch sizes for transformers, one run each"
     )
     parser.add_argument("--systems", default="fleetlm,transformers")
@@ -80,6 +86,7 @@ def run_fleetlm(args, prompts) -> dict:
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len or args.input_len * 2 + args.output_len,
         enforce_eager=args.enforce_eager,
+        async_scheduling=args.async_scheduling,
     )
     load_time = time.perf_counter() - started
     params = SamplingParams(

@@ -91,6 +91,7 @@ class EngineArgs:
     max_num_batched_tokens: int | None = None  # None: 2048 (at least max_model_len if unchunked)
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False  # CUDA: never capture or replay CUDA graphs
+    async_scheduling: bool | None = None  # None: on with CUDA (it gains nothing on CPU)
     max_cuda_graph_batch_size: int | None = None  # None: max_num_seqs, at most 512
 
     def create_engine_config(self) -> EngineConfig:
@@ -115,6 +116,9 @@ class EngineArgs:
             max_num_batched_tokens=max_batched,
             max_model_len=model.max_model_len,
             enable_chunked_prefill=self.enable_chunked_prefill,
+            async_scheduling=(
+                device == "cuda" if self.async_scheduling is None else self.async_scheduling
+            ),
         )
         cuda_graphs = CudaGraphConfig(
             enabled=not self.enforce_eager and device == "cuda",

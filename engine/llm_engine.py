@@ -55,15 +55,9 @@ class LLMEngine:
         return outputs
 
     def step(self) -> list[RequestOutput]:
-        """Finish the step in flight, launch the next one, then process the finished step's
-        outputs (detokenize, stop strings) while the device runs the next."""
-        core = self.engine_core
-        if self.in_flight is None:
-            if not core.has_unfinished_requests():
-                return []
-            self.in_flight = core.launch_step()
-        core_outputs = core.finish_step(self.in_flight)
-        self.in_flight = core.launch_step() if core.has_unfinished_requests() else None
+        """Finish the step in flight, leave the next one launched, then process the finished
+        step's outputs (detokenize, stop strings) while the device runs the next."""
+        core_outputs, self.in_flight = self.engine_core.advance(self.in_flight)
         processed = self.output_processor.process_outputs(core_outputs)
         if processed.sample_ids_to_stop:
             self.engine_core.stop_requests(processed.sample_ids_to_stop)

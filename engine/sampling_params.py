@@ -123,6 +123,11 @@ class SamplingParams:
             or self.repetition_penalty != 1.0
         )
 
+    @property
+    def reads_token_history(self) -> bool:
+        """Whether sampling reads the prompt / output tokens so far (penalties, min_tokens)."""
+        return self.has_penalties or self.min_tokens > 0
+
     def for_sample(self, index: int) -> "SamplingParams":
         """The parameters of sample `index` of an `n > 1` request: one sample each, a distinct
         seed per sample (seeded runs stay reproducible, yet the samples differ), and prompt

@@ -162,6 +162,13 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="CUDA: run every step eagerly (no CUDA graphs)",
     )
     engine.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="schedule each step before the previous one's tokens reach the host "
+        "(default: on with CUDA)",
+    )
+    engine.add_argument(
         "--max-cuda-graph-batch-size",
         type=int,
         default=None,
@@ -206,6 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
         num_gpu_blocks_override=args.num_gpu_blocks_override,
         max_logprobs=args.max_logprobs,
         enforce_eager=args.enforce_eager,
+        async_scheduling=args.async_scheduling,
         max_cuda_graph_batch_size=args.max_cuda_graph_batch_size,
     )
     run_server(settings, engine_args)

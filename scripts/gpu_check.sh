@@ -3,7 +3,7 @@
 #
 #   scripts/gpu_check.sh [stage ...]      (default: every stage, in this order)
 #
-# Stages: tests micro batch1 batch1eager offline hf serve profile correctness.
+# Stages: tests micro batch1 batch1eager offline offlinesync hf serve profile correctness.
 # fleetlm is installed without dependencies (the machine has torch, triton, transformers);
 # wheels it lacks travel in .whl/. Every stage writes its JSON and log under $RES, and the
 # whole folder is packed into $OUT/gpu_results.tgz after each stage, so a run cut short still
@@ -34,6 +34,13 @@ stage_tests() {
     tests/engine/test_llama_family.py tests/engine/test_cuda_graphs.py
 }
 
+# The engine-level GPU tests only (the kernel tests take minutes): async scheduling and CUDA
+# graphs on CUDA, the engine core, the model family.
+stage_enginetests() {
+  python3 -m pytest -q -p no:cacheprovider tests/engine/core tests/engine/test_llama_family.py \
+    tests/engine/test_cuda_graphs.py
+}
+
 stage_micro() {
   python3 benchmarks/roofline.py --model $MODEL --batch-size 1 --input-len 512 --output-len 512 \
     --dtype bfloat16 --output "$RES/roofline_llama8b.json"
@@ -56,6 +63,13 @@ stage_offline() {
   python3 benchmarks/throughput.py --systems fleetlm --model $MODEL --load-format dummy \
     --num-prompts 1000 --input-len 512 --range-ratio 0 --output-len 256 --seed 0 \
     "${BENCH_ENGINE[@]}" --output "$RES/llama8b_offline_1000x512x256.json"
+}
+
+stage_offlinesync() {
+  # The same run with every step scheduled after the previous one's tokens are in.
+  python3 benchmarks/throughput.py --systems fleetlm --model $MODEL --load-format dummy \
+    --num-prompts 1000 --input-len 512 --range-ratio 0 --output-len 256 --seed 0 \
+    "${BENCH_ENGINE[@]}" --no-async-scheduling --output "$RES/llama8b_offline_1000x512x256_sync.json"
 }
 
 stage_hf() {
@@ -91,6 +105,10 @@ stage_profile() {
   python3 benchmarks/profile_step.py --model $MODEL --load-format dummy --num-prompts 256 \
     --max-num-seqs 256 --input-len 512 --output-len 256 --profile-steps 32 \
     --output "$RES/profile_llama8b_bs256.json"
+  # The first two steps of 64 fresh 512-token prompts: two full 16384-token prompt steps.
+  python3 benchmarks/profile_step.py --model $MODEL --load-format dummy --num-prompts 64 \
+    --max-num-seqs 256 --max-num-batched-tokens 16384 --input-len 512 --output-len 16 \
+    --window prefill --profile-steps 2 --output "$RES/profile_llama8b_prefill_16384.json"
 }
 
 stage_correctness() {
@@ -112,7 +130,7 @@ stage_correctness() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests micro batch1 batch1eager offline hf serve profile correctness)
+[ ${#stages[@]} -eq 0 ] && stages=(tests micro batch1 batch1eager offline offlinesync hf serve profile correctness)
 for stage in "${stages[@]}"; do
   echo "=== $stage"
   started=$SECONDS

@@ -69,14 +69,35 @@ class EngineCore:
     def step(self) -> list[EngineCoreOutput]:
         return self.finish_step(self.launch_step())
 
+    def advance(
+        self, in_flight: "StepInFlight | None"
+    ) -> tuple[list[EngineCoreOutput], "StepInFlight | None"]:
+        """Finish the step in flight and leave the next one queued on the device.
+
+        With async scheduling the next step is launched before this one is finished, so the
+        device goes from one to the next without waiting for the host; otherwise (or while a
+        request reads its token history) right after. Either way the caller hands the
+        outputs on while the device runs the next step.
+        """
+        if in_flight is None:
+            if not self.has_unfinished_requests():
+                return [], None
+            in_flight = self.launch_step()
+        ahead = None
+        if self.scheduler.can_schedule_ahead and self.has_unfinished_requests():
+            ahead = self.launch_step()
+        outputs = self.finish_step(in_flight)
+        if ahead is None and self.has_unfinished_requests():
+            ahead = self.launch_step()
+        return outputs, ahead
+
     def launch_step(self) -> "StepInFlight":
         """Schedule a step and queue it on the device without waiting for it.
 
-        NOTE: callers overlap their own host work with the device this way: finish step N,
-        launch step N+1 (it needs N's tokens), then hand N's outputs on (detokenize, send)
-        while the device runs N+1. Requests may be aborted or stopped while a step is in
-        flight: their blocks go back to the pool, which is safe because later steps run after
-        this one on the device, and `finish_step` drops their results.
+        NOTE: callers overlap their own host work with the device (see `advance`). Requests
+        may be aborted, stopped or finished while a step is in flight: their blocks go back
+        to the pool, which is safe because later steps run after this one on the device, and
+        `finish_step` drops their results.
         """
         scheduler_output = self.scheduler.schedule()
         return StepInFlight(scheduler_output, self.model_runner.launch(scheduler_output))

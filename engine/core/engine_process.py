@@ -76,12 +76,9 @@ class EngineProcess:
             if not self._apply_inbox(None if busy else self._seconds_to_stats()):
                 return
             outputs, self.pending = self.pending, []
-            if in_flight is not None:
-                outputs += self.core.finish_step(in_flight)
-                in_flight = None
             # The next step runs on the device while this one's outputs are encoded and sent.
-            if self.core.has_unfinished_requests():
-                in_flight = self.core.launch_step()
+            step_outputs, in_flight = self.core.advance(in_flight)
+            outputs += step_outputs
             if outputs or self._seconds_to_stats() == 0.0:
                 self._send_outputs(outputs)
 

@@ -112,10 +112,14 @@ class KVCacheManager:
     def _cache_full_blocks(
         self, request: Request, blocks: list[KVCacheBlock], num_tokens: int
     ) -> None:
-        """Index the blocks that are full once this step's tokens are written."""
+        """Index the blocks that are full once this step's tokens are written.
+
+        A block whose last token is still being sampled on the device (async scheduling) has
+        no hash yet: it is indexed at the request's next allocation.
+        """
         if not self.enable_caching:
             return
-        num_full = num_tokens // self.block_size
+        num_full = min(num_tokens, request.num_tokens) // self.block_size
         num_cached = self.num_cached_blocks.get(request.request_id, 0)
         if num_full <= num_cached:
             return

@@ -40,6 +40,10 @@ class Request:
     `num_computed_tokens` counts the tokens whose KV is in the cache (or scheduled to be
     written this step); it catches up with `num_tokens` (prompt + generated). There is no
     prefill or decode phase: only the gap between the two.
+
+    `num_output_placeholders` counts tokens sampled by launched steps whose results have not
+    reached the host yet: with async scheduling, the next step is scheduled (and its input
+    token read on the device) before they arrive.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class Request:
         self.all_token_ids = list(prompt_token_ids)
         self.output_token_ids: list[int] = []
         self.num_computed_tokens = 0
+        self.num_output_placeholders = 0
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.num_cached_tokens = -1  # prefix-cache hit at first schedule; -1 until scheduled
@@ -71,6 +76,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.all_token_ids)
+
+    @property
+    def num_tokens_with_placeholders(self) -> int:
+        """Tokens including those still being sampled on the device: what a step may compute."""
+        return len(self.all_token_ids) + self.num_output_placeholders
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -22,6 +22,8 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 2048
     enable_chunked_prefill: bool = True
+    # Schedule step N+1 before step N's tokens reach the host (they are read on the device).
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.max_model_len < 1:
@@ -42,6 +44,9 @@ class Scheduler:
         self.running: list[Request] = []  # admission order: the last one is preempted first
         self.finished_req_ids: set[str] = set()  # to tell the runner at the next step
         self.num_preemptions = 0
+        # requests whose sampling reads their token history (penalties, min_tokens): while
+        # any is unfinished, a step cannot be scheduled before the previous one's tokens are in
+        self.num_history_readers = 0
 
     # -- requests in and out -------------------------------------------------------------
 
@@ -50,6 +55,7 @@ class Scheduler:
             raise ValueError(f"request id {request.request_id!r} is already in use")
         self.requests[request.request_id] = request
         self.waiting.append(request)
+        self.num_history_readers += request.sampling_params.reads_token_history
 
     def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> None:
         """End requests from outside a step (abort, or a stop string found by the front end)."""
@@ -66,6 +72,11 @@ class Scheduler:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
+
+    @property
+    def can_schedule_ahead(self) -> bool:
+        """Whether the next step may be scheduled while the last one's tokens are on the way."""
+        return self.config.async_scheduling and self.num_history_readers == 0
 
     @property
     def num_waiting(self) -> int:
@@ -86,6 +97,10 @@ class Scheduler:
         admits waiting requests in order, chunking long prompts to what is left. When blocks
         run out, the most recently admitted running request is preempted: its blocks are
         freed and it is recomputed later from its tokens.
+
+        Scheduled ahead (async scheduling), a request whose last token is still being sampled
+        decodes that placeholder (the runner reads it on the device), unless the placeholder
+        may be its last token (max_tokens or max_model_len): then it waits for the result.
         """
         budget = self.config.max_num_batched_tokens
         num_scheduled: dict[str, int] = {}
@@ -96,7 +111,12 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if request.num_output_placeholders and self._may_be_finished(request):
+                index += 1
+                continue
+            num_new = min(
+                request.num_tokens_with_placeholders - request.num_computed_tokens, budget
+            )
             new_blocks = self._allocate_or_preempt(request, num_new)
             if new_blocks is None:  # the request itself was preempted
                 break
@@ -133,8 +153,10 @@ class Scheduler:
             request = self.requests.get(request_id)
             if request is None or request.is_finished:
                 continue
+            was_running = request.status == RequestStatus.RUNNING
             new_token_ids = []
             for token_id in token_ids:
+                request.num_output_placeholders -= 1
                 request.append_output_token_id(token_id)
                 new_token_ids.append(token_id)
                 if self._check_stop(request):
@@ -153,7 +175,8 @@ class Scheduler:
                     )
                 )
             if request.is_finished:
-                self.running.remove(request)
+                # preempted while its token was on the way: it waits to be resumed
+                (self.running if was_running else self.waiting).remove(request)
                 self._free_request(request)
         return outputs
 
@@ -162,10 +185,21 @@ class Scheduler:
     @staticmethod
     def _mark_scheduled(request: Request, num_new: int, num_scheduled: dict[str, int]) -> int:
         """Count the tokens as computed now: later requests of the same step may share them
-        (their KV is written before any attention reads it)."""
+        (their KV is written before any attention reads it). A step that reaches the end of
+        the request's tokens samples one more: a placeholder until its result is in."""
         num_scheduled[request.request_id] = num_new
         request.num_computed_tokens += num_new
+        if request.num_computed_tokens == request.num_tokens_with_placeholders:
+            request.num_output_placeholders += 1
         return num_new
+
+    def _may_be_finished(self, request: Request) -> bool:
+        """Whether the tokens on the way may end the request by length."""
+        max_tokens = request.sampling_params.max_tokens
+        num_outputs = request.num_output_tokens + request.num_output_placeholders
+        return request.num_tokens_with_placeholders >= self.config.max_model_len or (
+            max_tokens is not None and num_outputs >= max_tokens
+        )
 
     def _allocate_or_preempt(self, request: Request, num_new: int) -> list[KVCacheBlock] | None:
         """Allocate blocks for a running request, preempting the newest requests as needed."""
@@ -193,7 +227,8 @@ class Scheduler:
         deferred: list[Request] = []  # n > 1 samples waiting for their leader's prompt
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
-            if self._must_wait_for_leader(request):
+            # preempted while its last token was on the way: resumed once the token is in
+            if request.num_output_placeholders or self._must_wait_for_leader(request):
                 deferred.append(self.waiting.popleft())
                 continue
             computed_blocks = self._find_computed_blocks(request)
@@ -263,3 +298,4 @@ class Scheduler:
         self.kv_cache_manager.free(request)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
+        self.num_history_readers -= request.sampling_params.reads_token_history

@@ -92,17 +92,6 @@ def build_sampling_metadata(
     )
 
 
-def needs_token_history(params: SamplingParams) -> bool:
-    """Whether sampling this request reads its prompt / output tokens (penalties, min_tokens);
-    callers skip gathering them for the rows that do not."""
-    return (
-        params.presence_penalty != 0.0
-        or params.frequency_penalty != 0.0
-        or params.repetition_penalty != 1.0
-        or params.min_tokens > 0
-    )
-
-
 def banned_token_ids(
     params: SamplingParams,
     num_output_tokens: int,

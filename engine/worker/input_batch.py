@@ -20,6 +20,7 @@ class CachedRequestState:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int
+    num_pending: int = 0  # tokens sampled by launched steps, not in `token_ids` yet
 
     @property
     def prompt_token_ids(self) -> list[int]:
@@ -49,6 +50,9 @@ class ModelInputs:
     sampling_req_ids: list[str]  # requests that get a new token this step
     logits_indices: torch.Tensor  # [num_sampling]: row of each one's last token
     prompt_logprobs_spans: list[PromptLogprobsSpan]
+    # (rows of input_ids, rows of the previous step's sampled tokens): input tokens that are
+    # still on the device; None when every input token is on the host
+    pending_token_rows: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def prepare_inputs(
@@ -56,8 +60,14 @@ def prepare_inputs(
     scheduler_output: SchedulerOutput,
     block_size: int,
     device: torch.device,
+    last_sampled_rows: dict[str, int] | None = None,
 ) -> ModelInputs:
-    """Builds every integer input on the host in numpy and moves them in one copy."""
+    """Builds every integer input on the host in numpy and moves them in one copy.
+
+    A request's input token that is still being sampled (its state's `num_pending`) is left
+    as 0 here; `pending_token_rows` says where the caller copies it from on the device
+    (`last_sampled_rows`: request -> its row in the previous step's sampled tokens).
+    """
     num_scheduled = scheduler_output.num_scheduled_tokens
     # Decodes (one new token) first: they share one batched attention call.
     req_ids = sorted(num_scheduled, key=lambda r: num_scheduled[r] != 1)
@@ -65,14 +75,21 @@ def prepare_inputs(
     input_ids: list[int] = []
     starts, counts = [], []
     sampling_req_ids, logits_rows, spans = [], [], []
+    pending_rows, pending_sources = [], []
     for req_id in req_ids:
         state = states[req_id]
         start, end = state.num_computed_tokens, state.num_computed_tokens + num_scheduled[req_id]
         first_row = len(input_ids)
         input_ids.extend(state.token_ids[start:end])
+        if end > len(state.token_ids):  # the last input token is the previous step's output
+            if end != len(state.token_ids) + 1 or not state.num_pending:
+                raise RuntimeError(f"request {req_id!r}: input tokens are not known yet")
+            pending_rows.append(len(input_ids))
+            pending_sources.append(last_sampled_rows[req_id])
+            input_ids.append(0)
         starts.append(start)
         counts.append(end - start)
-        if end == len(state.token_ids):
+        if end == len(state.token_ids) + state.num_pending:
             sampling_req_ids.append(req_id)
             logits_rows.append(len(input_ids) - 1)
         span = _prompt_logprobs_span(state, start, end, first_row)
@@ -105,6 +122,7 @@ def prepare_inputs(
     chunk_tables_t = host.add(_trim(block_tables[num_decodes:], seq_lens[num_decodes:], block_size))
     chunk_qsl_t = host.add(chunk_query_start_loc)
     chunk_seq_lens_t = host.add(seq_lens[num_decodes:])
+    pending_t = host.add(np.array([pending_rows, pending_sources], dtype=np.int64))
     tensors = host.to(device)
     chunk_query_lens = counts[num_decodes:]
     metadata = AttentionMetadata(
@@ -127,6 +145,9 @@ def prepare_inputs(
         sampling_req_ids=sampling_req_ids,
         logits_indices=tensors[logits_t],
         prompt_logprobs_spans=spans,
+        pending_token_rows=(
+            (tensors[pending_t][0], tensors[pending_t][1]) if pending_rows else None
+        ),
     )
 
 

@@ -10,7 +10,7 @@ from fleetlm.engine.config import EngineConfig
 from fleetlm.engine.core.scheduler_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from fleetlm.engine.models.llama import LlamaForCausalLM
 from fleetlm.engine.sample.logprobs import LogprobsTensors, compute_logprobs
-from fleetlm.engine.sample.metadata import build_sampling_metadata, needs_token_history
+from fleetlm.engine.sample.metadata import build_sampling_metadata
 from fleetlm.engine.sample.sampler import Sampler, SamplerOutput
 from fleetlm.engine.sampling_params import SamplingParams
 from fleetlm.engine.worker.cuda_graphs import CudaGraphRunner
@@ -46,6 +46,10 @@ class ModelRunner:
         self.generator = torch.Generator(self.device).manual_seed(config.model.seed)
         self.seeded_generators: dict[str, torch.Generator] = {}
         self.requests: dict[str, CachedRequestState] = {}
+        # The last launched step's sampled tokens, on the device, and each request's row: a
+        # step launched before they reach the host reads its input tokens from there.
+        self.last_sampled: torch.Tensor | None = None
+        self.last_sampled_rows: dict[str, int] = {}
         if self.device.type == "cuda" and config.cache.num_blocks_override is None:
             self._profile_run()
         self.num_blocks = num_blocks_for_budget(
@@ -78,32 +82,64 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, scheduler_output: SchedulerOutput) -> "StepLaunch":
-        """Queue the step's forward pass and sampling on the device and return without waiting
-        for them (on CUDA); `finish` waits and returns the tokens. The caller may do host work
-        in between, e.g. hand the previous step's outputs on."""
+        """Queue the step's forward pass, sampling and logprobs on the device, and the copies
+        of their results to the host, and return without waiting for them (on CUDA);
+        `finish` waits and returns the tokens.
+
+        The previous step may still be running: a request whose input token it samples
+        (async scheduling) gets that token on the device, from the previous step's output.
+        """
         self._update_states(scheduler_output)
         if scheduler_output.is_empty:
-            return StepLaunch(None, None, None)
-        inputs = prepare_inputs(self.requests, scheduler_output, self.block_size, self.device)
+            return StepLaunch.empty()
+        inputs = prepare_inputs(
+            self.requests, scheduler_output, self.block_size, self.device, self.last_sampled_rows
+        )
+        if inputs.pending_token_rows is not None:
+            rows, source_rows = inputs.pending_token_rows
+            inputs.input_ids[rows] = self.last_sampled[source_rows]
         hidden = self._forward(inputs)
         sampled = self._launch_sampling(hidden, inputs)
+        prompt_logprobs = self._launch_prompt_logprobs(hidden, inputs)
         for state in (self.requests[r] for r in inputs.req_ids):
             state.num_computed_tokens += scheduler_output.num_scheduled_tokens[state.req_id]
-        return StepLaunch(inputs, hidden, sampled)
+        for req_id in inputs.sampling_req_ids:
+            self.requests[req_id].num_pending += 1
+        self.last_sampled = None if sampled is None else sampled.sampled_token_ids
+        self.last_sampled_rows = {r: row for row, r in enumerate(inputs.sampling_req_ids)}
+        return StepLaunch.to_host(inputs, sampled, prompt_logprobs, self.device)
 
     @torch.inference_mode()
     def finish(self, launch: "StepLaunch") -> ModelRunnerOutput:
-        inputs = launch.inputs
-        if inputs is None:
+        """Waits for the launched step's results (the step's one wait on the device)."""
+        if launch.inputs is None:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
-        sampled = self._collect_samples(launch.sampled, inputs)
-        prompt_logprobs = self._prompt_logprobs(launch.hidden, inputs)
+        if launch.ready is not None:
+            launch.ready.synchronize()
+        inputs = launch.inputs
+        tokens: dict[str, int] = {}
+        logprobs: dict[str, TokenLogprobs] = {}
+        token_ids = [] if launch.sampled_token_ids is None else launch.sampled_token_ids.tolist()
+        for row, (req_id, token_id) in enumerate(
+            zip(inputs.sampling_req_ids, token_ids, strict=True)
+        ):
+            state = self.requests.get(req_id)
+            if state is None or not state.num_pending:  # finished while the step ran
+                continue
+            state.token_ids.append(token_id)
+            state.num_pending -= 1
+            tokens[req_id] = token_id
+            k = state.sampling_params.logprobs
+            if k is not None and launch.logprobs is not None:
+                logprobs[req_id] = _to_lists(launch.logprobs, row, row + 1, k)
+        prompt_logprobs = {
+            req_id: (first_token, _to_lists(tensors, 0, tensors.ranks.shape[0], k))
+            for req_id, first_token, k, tensors in launch.prompt_logprobs
+        }
         return ModelRunnerOutput(
             req_ids=inputs.req_ids,
-            sampled_token_ids=[
-                [sampled.tokens[r]] if r in sampled.tokens else [] for r in inputs.req_ids
-            ],
-            logprobs=sampled.logprobs,
+            sampled_token_ids=[[tokens[r]] if r in tokens else [] for r in inputs.req_ids],
+            logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
         )
 
@@ -208,7 +244,9 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         states = [self.requests[r] for r in inputs.sampling_req_ids]
         # Copies of every row's tokens cost O(context) per step: only for rows that read them.
-        readers = [s if needs_token_history(s.sampling_params) else None for s in states]
+        readers = [s if s.sampling_params.reads_token_history else None for s in states]
+        if any(s is not None and s.num_pending for s in readers):
+            raise RuntimeError("a row reading its token history was scheduled ahead of them")
         metadata = build_sampling_metadata(
             params=[s.sampling_params for s in states],
             prompt_token_ids=[() if s is None else s.prompt_token_ids for s in readers],
@@ -220,22 +258,6 @@ class ModelRunner:
             device=self.device,
         )
         return self.sampler(logits, metadata)
-
-    def _collect_samples(self, output: SamplerOutput | None, inputs: ModelInputs) -> "_Sampled":
-        """Waits for the sampled tokens (the step's one device-to-host sync)."""
-        if output is None:
-            return _Sampled({}, {})
-        states = [self.requests[r] for r in inputs.sampling_req_ids]
-        token_ids = output.sampled_token_ids.tolist()
-        for state, token_id in zip(states, token_ids, strict=True):
-            state.token_ids.append(token_id)
-        logprobs = {}
-        if output.logprobs is not None:
-            for row, state in enumerate(states):
-                k = state.sampling_params.logprobs
-                if k is not None:
-                    logprobs[state.req_id] = _to_lists(output.logprobs, row, row + 1, k)
-        return _Sampled(dict(zip(inputs.sampling_req_ids, token_ids, strict=True)), logprobs)
 
     def _generators(self, states: list[CachedRequestState]) -> dict[int, torch.Generator]:
         """Per-row generators for seeded requests, seeded by (seed, output position).
@@ -251,15 +273,16 @@ class ModelRunner:
             generator = self.seeded_generators.get(state.req_id)
             if generator is None:
                 generator = self.seeded_generators[state.req_id] = torch.Generator(self.device)
-            position = len(state.token_ids) - state.num_prompt_tokens
+            position = len(state.token_ids) + state.num_pending - state.num_prompt_tokens
             generator.manual_seed(hash((seed, position)) & 0x7FFF_FFFF_FFFF_FFFF)
             generators[row] = generator
         return generators
 
-    def _prompt_logprobs(
+    def _launch_prompt_logprobs(
         self, hidden: torch.Tensor, inputs: ModelInputs
-    ) -> dict[str, tuple[int, TokenLogprobs]]:
-        result = {}
+    ) -> list[tuple[str, int, int, LogprobsTensors]]:
+        """(req_id, first prompt token scored, k, logprobs) per request asking for them."""
+        result = []
         for span in inputs.prompt_logprobs_spans:
             state = self.requests[span.req_id]
             rows = slice(span.first_row, span.first_row + span.num_tokens)
@@ -267,26 +290,63 @@ class ModelRunner:
             k = state.sampling_params.prompt_logprobs
             logprobs = compute_logprobs(
                 self.model.compute_logits(hidden[rows]),
-                torch.tensor(targets, dtype=torch.int64, device=self.device),
+                torch.tensor(targets, dtype=torch.int64).to(self.device, non_blocking=True),
                 k,
             )
-            result[span.req_id] = (span.first_token, _to_lists(logprobs, 0, span.num_tokens, k))
+            result.append((span.req_id, span.first_token, k, logprobs))
         return result
 
 
 @dataclass
 class StepLaunch:
-    """A step queued on the device; all None for an empty step."""
+    """A step queued on the device, with its results on their way to host memory."""
 
-    inputs: ModelInputs | None
-    hidden: torch.Tensor | None  # the step's hidden states (prompt logprobs read them)
-    sampled: SamplerOutput | None  # device tensors, ready once the device gets there
+    inputs: ModelInputs | None  # None for an empty step
+    sampled_token_ids: torch.Tensor | None  # [num_sampling] host tensor, valid once `ready`
+    logprobs: LogprobsTensors | None  # host tensors of the sampled tokens' logprobs
+    prompt_logprobs: list[tuple[str, int, int, LogprobsTensors]]  # host tensors
+    ready: torch.cuda.Event | None  # recorded after the copies (None off CUDA: already there)
+
+    @classmethod
+    def empty(cls) -> "StepLaunch":
+        return cls(None, None, None, [], None)
+
+    @classmethod
+    def to_host(
+        cls,
+        inputs: ModelInputs,
+        sampled: SamplerOutput | None,
+        prompt_logprobs: list[tuple[str, int, int, LogprobsTensors]],
+        device: torch.device,
+    ) -> "StepLaunch":
+        """Queue non-blocking copies of the results into pinned host memory.
+
+        NOTE: `.tolist()` on a device tensor would wait for everything queued on the stream,
+        the next step included when it was launched ahead; the event waits for this one only.
+        """
+        launch = cls(
+            inputs,
+            None if sampled is None else _to_host(sampled.sampled_token_ids),
+            None
+            if sampled is None or sampled.logprobs is None
+            else _logprobs_to_host(sampled.logprobs),
+            [(r, first, k, _logprobs_to_host(t)) for r, first, k, t in prompt_logprobs],
+            None,
+        )
+        if device.type == "cuda":
+            launch.ready = torch.cuda.Event()
+            launch.ready.record()
+        return launch
 
 
-@dataclass
-class _Sampled:
-    tokens: dict[str, int]  # req_id -> the sampled token
-    logprobs: dict[str, TokenLogprobs]  # req_id -> its logprobs, for requests asking for them
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to("cpu", non_blocking=True)  # pinned destination for a device source
+
+
+def _logprobs_to_host(tensors: LogprobsTensors) -> LogprobsTensors:
+    return LogprobsTensors(
+        _to_host(tensors.token_ids), _to_host(tensors.logprobs), _to_host(tensors.ranks)
+    )
 
 
 def _to_lists(logprobs: LogprobsTensors, start: int, end: int, k: int) -> TokenLogprobs:
