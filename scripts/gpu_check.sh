@@ -34,17 +34,19 @@ stage_tests() {
     tests/engine/test_llama_family.py tests/engine/test_cuda_graphs.py
 }
 
-# The engine-level GPU tests only (the kernel tests take minutes): async scheduling and CUDA
-# graphs on CUDA, the engine core, the model family.
+# The engine-level GPU tests and the decode-attention kernel's (all kernel tests take minutes):
+# async scheduling and CUDA graphs on CUDA, the engine core, the model family.
 stage_enginetests() {
   python3 -m pytest -q -p no:cacheprovider tests/engine/core tests/engine/test_llama_family.py \
-    tests/engine/test_cuda_graphs.py
+    tests/engine/test_cuda_graphs.py tests/kernels/test_paged_decode_attention.py \
+    tests/kernels/test_triton_attention_backend.py
 }
 
 stage_micro() {
   python3 benchmarks/roofline.py --model $MODEL --batch-size 1 --input-len 512 --output-len 512 \
     --dtype bfloat16 --output "$RES/roofline_llama8b.json"
   python3 benchmarks/prefill_attention.py --output "$RES/prefill_attention.json"
+  python3 benchmarks/decode_attention.py --output "$RES/decode_attention.json"
 }
 
 stage_batch1() {
