@@ -104,6 +104,9 @@ stage_serve() {
 stage_profile() {
   python3 benchmarks/profile_step.py --model $MODEL --load-format dummy --num-prompts 1 \
     --input-len 512 --output-len 512 --profile-steps 64 --output "$RES/profile_llama8b_bs1.json"
+  python3 benchmarks/profile_step.py --model $MODEL --load-format dummy --num-prompts 64 \
+    --max-num-seqs 256 --input-len 512 --output-len 256 --profile-steps 32 \
+    --output "$RES/profile_llama8b_bs64.json"
   python3 benchmarks/profile_step.py --model $MODEL --load-format dummy --num-prompts 256 \
     --max-num-seqs 256 --input-len 512 --output-len 256 --profile-steps 32 \
     --output "$RES/profile_llama8b_bs256.json"
