@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_args(serve)
     serve.set_defaults(handler=_serve)
 
+    router = commands.add_parser(
+        "router",
+        help="run the router: one OpenAI endpoint in front of engine replicas",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_router_args(router)
+    router.set_defaults(handler=_router)
+
     chat = commands.add_parser("chat", help="answer one message with the model's chat template")
     chat.add_argument("message", help="the user message")
     _add_generation_args(chat)
@@ -174,6 +182,55 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="largest decode batch replayed from a CUDA graph (default: max-num-seqs, <= 512)",
     )
+
+
+def _add_router_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--replicas", required=True, help="engine base URLs, comma-separated (static list)"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--strategy",
+        default="prefix",
+        choices=["prefix", "round_robin", "least_load", "session"],
+        help="prefix: the replica holding the longest cached prefix, weighed against load",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="the served model's Hugging Face directory, to hash prompts as the engine does "
+        "(default: only token-id prompts are hashed)",
+    )
+    parser.add_argument("--block-size", type=int, default=16, help="the engines' KV block size")
+    parser.add_argument("--health-check-interval", type=float, default=1.0, help="seconds")
+    parser.add_argument("--log-level", default="info")
+
+
+def _router(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fleetlm.router.app import create_app
+    from fleetlm.router.settings import RouterSettings
+
+    settings = RouterSettings(
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        strategy=args.strategy,
+        tokenizer=args.tokenizer,
+        block_size=args.block_size,
+        health_check_interval_s=args.health_check_interval,
+        log_level=args.log_level,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -43,11 +43,16 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "ServerProcess":
+        self.start()
+        self.wait_ready()
+        return self
+
+    def start(self) -> None:
+        """Start the process without waiting for it (servers started together load in
+        parallel); `wait_ready` waits."""
         self.process = subprocess.Popen(
             self.command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True
         )
-        self.wait_ready()
-        return self
 
     def __exit__(self, *exc) -> None:
         self.stop()

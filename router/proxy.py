@@ -1,0 +1,161 @@
+"""Forwarding one OpenAI request to a replica: choose, send, retry before the first byte."""
+
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+
+from fleetlm.router.errors import error_response, sse_error_event
+from fleetlm.router.metrics import RouterMetrics
+from fleetlm.router.prefix_index import PrefixIndex
+from fleetlm.router.prompts import PromptHasher
+from fleetlm.router.replicas import Replica, ReplicaPool
+from fleetlm.router.routing import RouteRequest, choose
+from fleetlm.router.settings import RouterSettings
+
+logger = logging.getLogger(__name__)
+
+# Request headers passed on to the replica (hop-by-hop and host headers are not).
+FORWARDED_HEADERS = ("authorization", "content-type", "accept", "x-request-id", "user-agent")
+
+
+class UpstreamFailed(Exception):
+    """Nothing reached the client yet: the request may go to another replica."""
+
+
+class Proxy:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        client: httpx.AsyncClient,
+        pool: ReplicaPool,
+        index: PrefixIndex,
+        hasher: PromptHasher,
+        metrics: RouterMetrics,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.pool = pool
+        self.index = index
+        self.hasher = hasher
+        self.metrics = metrics
+        self.counter = itertools.count()
+
+    async def forward(self, request: Request, endpoint: str) -> Response:
+        body = await request.body()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
+        headers["x-request-id"] = request_id
+        route = self._route_request(request, endpoint, body)
+        tried: set[str] = set()
+        for attempt in range(self.settings.max_attempts):
+            candidates = [r for r in self.pool.available() if r.url not in tried]
+            if not candidates:
+                break
+            decision = choose(
+                self.settings,
+                candidates,
+                route,
+                self.index.match(route.block_hashes),
+                next(self.counter),
+            )
+            replica = decision.replica
+            tried.add(replica.url)
+            if attempt:
+                self.metrics.retries.inc()
+            try:
+                response = await self._send(replica, endpoint, body, headers)
+            except UpstreamFailed as e:
+                logger.warning("request %s failed on %s: %s", request_id, replica.url, e)
+                continue
+            self.metrics.decisions.labels(decision.reason).inc()
+            if route.block_hashes and response.status_code < 400:
+                self.index.insert(replica.url, route.block_hashes)
+                self.metrics.routed_prompt_tokens.inc(
+                    len(route.block_hashes) * self.settings.block_size
+                )
+                self.metrics.predicted_hit_tokens.inc(
+                    decision.matched_blocks * self.settings.block_size
+                )
+            response.headers["x-request-id"] = request_id
+            self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            return response
+        self.metrics.requests.labels(endpoint, "503").inc()
+        return error_response(503, "no engine replica is available", code="no_replica")
+
+    def _route_request(self, request: Request, endpoint: str, body: bytes) -> RouteRequest:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            return RouteRequest([], None)
+        session = request.headers.get(self.settings.session_header) or parsed.get("user")
+        return RouteRequest(
+            self.hasher.block_hashes(endpoint, parsed),
+            session if isinstance(session, str) else None,
+        )
+
+    async def _send(
+        self, replica: Replica, endpoint: str, body: bytes, headers: dict[str, str]
+    ) -> Response:
+        """The replica's answer; raises UpstreamFailed while nothing was sent to the client."""
+        started = time.monotonic()
+        replica.in_flight += 1
+        upstream = None
+        try:
+            upstream = await self.client.send(
+                self.client.build_request(
+                    "POST", replica.url + endpoint, content=body, headers=headers
+                ),
+                stream=True,
+            )
+            self.metrics.latency.labels(replica.url).observe(time.monotonic() - started)
+            if upstream.status_code >= 500:
+                raise UpstreamFailed(f"status {upstream.status_code}")
+            chunks = upstream.aiter_raw()
+            first = await anext(chunks, b"")
+        except (httpx.HTTPError, UpstreamFailed) as e:
+            replica.in_flight -= 1
+            if upstream is not None:
+                await upstream.aclose()
+            kind = "status" if isinstance(e, UpstreamFailed) else "connect"
+            self.metrics.errors.labels(replica.url, kind).inc()
+            self.pool.record_error(replica)
+            raise UpstreamFailed(str(e) or type(e).__name__) from e
+        self.pool.record_success(replica)
+        response_headers = {"content-type": upstream.headers.get("content-type", "")}
+        return StreamingResponse(
+            self._relay(replica, upstream, first, chunks),
+            status_code=upstream.status_code,
+            headers=response_headers,
+        )
+
+    async def _relay(
+        self,
+        replica: Replica,
+        upstream: httpx.Response,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+    ) -> AsyncIterator[bytes]:
+        """The replica's bytes as they arrive; an explicit error event if it fails midway."""
+        try:
+            if first:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+        except httpx.HTTPError as e:
+            logger.warning("replica %s failed mid-response: %s", replica.url, e)
+            self.metrics.errors.labels(replica.url, "midstream").inc()
+            self.pool.record_error(replica)
+            if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+                yield sse_error_event(f"the engine replica failed mid-stream: {e}")
+        finally:
+            replica.in_flight -= 1
+            await upstream.aclose()

@@ -1,0 +1,45 @@
+"""The router's settings: flags of `fleetlm router`, or FLEETLM_ROUTER_* environment variables."""
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Strategy = Literal["prefix", "round_robin", "least_load", "session"]
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEETLM_ROUTER_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    replicas: list[str] = Field(default_factory=list)  # engine base URLs (static discovery)
+    strategy: Strategy = "prefix"
+    # The served model's tokenizer (a Hugging Face directory): prompts are tokenized and cut
+    # into blocks hashed as the engine hashes them. Without one, only token-id prompts are.
+    tokenizer: str | None = None
+    block_size: int = Field(16, ge=1)  # the engines' KV block size
+    prefix_index_size: int = Field(200_000, ge=1)  # block hashes remembered (LRU)
+    # Prefix routing weighs a cached token against load: one request in flight or waiting
+    # on a replica costs as much as this many cached prompt tokens.
+    load_cost_tokens: int = Field(256, ge=0)
+    # Never pile onto a hot replica: a replica more than this many requests above the least
+    # loaded one is not chosen for its cache.
+    max_load_gap: int = Field(8, ge=0)
+    session_header: str = "x-session-id"
+    health_check_interval_s: float = Field(1.0, gt=0)
+    health_check_timeout_s: float = Field(2.0, gt=0)
+    # A replica is ejected after this many failed health checks or failed requests in a row,
+    # and readmitted at its first passing health check.
+    unhealthy_after: int = Field(2, ge=1)
+    max_attempts: int = Field(3, ge=1)  # replicas tried per request before the first byte
+    connect_timeout_s: float = Field(2.0, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0)
+    log_level: str = "info"
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            value = value.split(",")
+        return [url.strip().rstrip("/") for url in value if url.strip()]
