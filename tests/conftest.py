@@ -35,3 +35,13 @@ def smollm2_tokenizer(smollm2_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh real redis-server for one test: `.url`, `.stop()`, `.start()` (same port)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()
