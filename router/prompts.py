@@ -3,6 +3,7 @@
 from typing import Any
 
 from fleetlm.engine.core.block_hash import extend_block_hashes
+from fleetlm.router.tokenizer import RouterTokenizer
 
 
 class PromptHasher:
@@ -12,11 +13,7 @@ class PromptHasher:
 
     def __init__(self, tokenizer_path: str | None, block_size: int) -> None:
         self.block_size = block_size
-        self.tokenizer = None
-        if tokenizer_path is not None:
-            from fleetlm.engine.tokenizer import load_tokenizer
-
-            self.tokenizer = load_tokenizer(tokenizer_path)
+        self.tokenizer = None if tokenizer_path is None else RouterTokenizer(tokenizer_path)
 
     def block_hashes(self, path: str, body: dict[str, Any]) -> list[bytes]:
         """Hashes of the full blocks of the (first) prompt; [] when it cannot be known."""
@@ -32,10 +29,8 @@ class PromptHasher:
         if path.endswith("/chat/completions"):
             if self.tokenizer is None or body.get("chat_template") is not None:
                 return None
-            from fleetlm.engine.tokenizer import render_chat
-
-            text = render_chat(
-                self.tokenizer, body["messages"], None, body.get("add_generation_prompt", True)
+            text = self.tokenizer.render_chat(
+                body["messages"], body.get("add_generation_prompt", True)
             )
             return self.tokenizer.encode(text, add_special_tokens=False)
         prompt = body.get("prompt")
