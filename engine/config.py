@@ -61,12 +61,24 @@ class CudaGraphConfig:
 
 
 @dataclass(frozen=True)
+class KVEventsConfig:
+    """Publish prefix-cache events to Redis for routers (see `core/kv_events.py`).
+
+    Only the engine-core process behind the server publishes (and takes) the events.
+    """
+
+    redis_url: str
+    replica: str  # the name routers know this replica by: the server's advertised URL
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: ModelConfig
     cache: CacheConfig
     scheduler: SchedulerConfig
     device: str  # "cpu" | "cuda"
     cuda_graphs: CudaGraphConfig = field(default_factory=CudaGraphConfig)
+    kv_events: KVEventsConfig | None = None  # None: no KV-cache events
 
 
 @dataclass
@@ -93,6 +105,8 @@ class EngineArgs:
     enforce_eager: bool = False  # CUDA: never capture or replay CUDA graphs
     async_scheduling: bool | None = None  # None: on with CUDA (it gains nothing on CPU)
     max_cuda_graph_batch_size: int | None = None  # None: max_num_seqs, at most 512
+    kv_events_redis_url: str | None = None  # publish KV-cache events to this Redis (server)
+    kv_events_replica: str | None = None  # this replica's name there (its advertised URL)
 
     def create_engine_config(self) -> EngineConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -128,8 +142,28 @@ class EngineArgs:
             ),
         )
         return EngineConfig(
-            model=model, cache=cache, scheduler=scheduler, device=device, cuda_graphs=cuda_graphs
+            model=model,
+            cache=cache,
+            scheduler=scheduler,
+            device=device,
+            cuda_graphs=cuda_graphs,
+            kv_events=self._create_kv_events_config(),
         )
+
+    def _create_kv_events_config(self) -> KVEventsConfig | None:
+        if not self.kv_events_redis_url:
+            return None
+        if not self.kv_events_redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "kv_events_redis_url must be a redis://, rediss:// or unix:// URL, "
+                f"got {self.kv_events_redis_url!r}"
+            )
+        if not self.kv_events_replica:
+            raise ValueError(
+                "kv_events_replica (the URL routers reach this replica at) is required "
+                "when kv_events_redis_url is set"
+            )
+        return KVEventsConfig(redis_url=self.kv_events_redis_url, replica=self.kv_events_replica)
 
     def _create_model_config(self, device: str) -> ModelConfig:
         from fleetlm.engine.model_loader.default_model import default_model_dir

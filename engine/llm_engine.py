@@ -58,6 +58,8 @@ class LLMEngine:
         """Finish the step in flight, leave the next one launched, then process the finished
         step's outputs (detokenize, stop strings) while the device runs the next."""
         core_outputs, self.in_flight = self.engine_core.advance(self.in_flight)
+        if self.config.kv_events is not None:  # published by `fleetlm serve`'s engine process
+            self.engine_core.take_kv_events()
         processed = self.output_processor.process_outputs(core_outputs)
         if processed.sample_ids_to_stop:
             self.engine_core.stop_requests(processed.sample_ids_to_stop)

@@ -106,6 +106,17 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     server.add_argument("--log-level", default="info", help="uvicorn log level")
     server.add_argument(
+        "--kv-events-redis-url",
+        default=None,
+        help="publish KV-cache events to this Redis for routers (e.g. redis://host:6379/0)",
+    )
+    server.add_argument(
+        "--advertise-url",
+        default=None,
+        help="how routers reach this server, its name in Redis "
+        "(default: http://127.0.0.1:PORT for a loopback or wildcard host, else http://HOST:PORT)",
+    )
+    server.add_argument(
         "--trust-request-chat-template",
         action="store_true",
         help="let requests bring their own chat template (runs sandboxed, but "
@@ -203,6 +214,17 @@ def _add_router_args(parser: argparse.ArgumentParser) -> None:
         "(default: only token-id prompts are hashed)",
     )
     parser.add_argument("--block-size", type=int, default=16, help="the engines' KV block size")
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="shared state for router replicas (default: $REDIS_URL, else in-process)",
+    )
+    parser.add_argument(
+        "--kv-events",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with Redis: follow the engines' KV-cache events for the prefix index",
+    )
     parser.add_argument("--health-check-interval", type=float, default=1.0, help="seconds")
     parser.add_argument("--log-level", default="info")
 
@@ -213,13 +235,16 @@ def _router(args: argparse.Namespace) -> int:
     from fleetlm.router.app import create_app
     from fleetlm.router.settings import RouterSettings
 
+    redis = {"redis_url": args.redis_url} if args.redis_url else {}  # else $REDIS_URL, if set
     settings = RouterSettings(
+        **redis,
         host=args.host,
         port=args.port,
         replicas=args.replicas,
         strategy=args.strategy,
         tokenizer=args.tokenizer,
         block_size=args.block_size,
+        kv_events=args.kv_events,
         health_check_interval_s=args.health_check_interval,
         log_level=args.log_level,
     )
@@ -272,9 +297,23 @@ def _serve(args: argparse.Namespace) -> int:
         enforce_eager=args.enforce_eager,
         async_scheduling=args.async_scheduling,
         max_cuda_graph_batch_size=args.max_cuda_graph_batch_size,
+        kv_events_redis_url=args.kv_events_redis_url,
+        kv_events_replica=advertise_url(args.advertise_url, args.host, args.port),
     )
     run_server(settings, engine_args)
     return 0
+
+
+def advertise_url(url: str | None, host: str, port: int) -> str:
+    """The URL routers reach this server at: `url` or one made of where it listens (loopback
+    for 0.0.0.0), without a trailing slash, as routers write replica URLs."""
+    if url is None:
+        if host in ("127.0.0.1", "localhost", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif ":" in host:  # an IPv6 address
+            host = f"[{host}]"
+        url = f"http://{host}:{port}"
+    return url.rstrip("/")
 
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:

@@ -7,17 +7,21 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 
 import httpx
+import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from fleetlm.router.errors import error_response
 from fleetlm.router.health import run_health_checks
+from fleetlm.router.kv_follower import KVEventFollower
 from fleetlm.router.metrics import RouterMetrics
 from fleetlm.router.prefix_index import PrefixIndex
+from fleetlm.router.prefix_sources import CachedPrefixes, SentPrefixes
 from fleetlm.router.prompts import PromptHasher
 from fleetlm.router.proxy import Proxy
 from fleetlm.router.replicas import ReplicaPool
 from fleetlm.router.settings import RouterSettings
+from fleetlm.router.store import create_store
 
 logger = logging.getLogger(__name__)
 
@@ -27,35 +31,57 @@ def create_app(settings: RouterSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=timeout, limits=limits)
+            )
             metrics = RouterMetrics()
             pool = ReplicaPool(settings.replicas, settings.unhealthy_after)
-            app.state.pool = pool
-            app.state.metrics = metrics
-            app.state.client = client
-            app.state.proxy = Proxy(
-                settings,
-                client,
-                pool,
-                PrefixIndex(settings.prefix_index_size),
-                PromptHasher(settings.tokenizer, settings.block_size),
-                metrics,
+            store = create_store(
+                settings.redis_url,
+                settings.router_id,
+                prefix_capacity=settings.prefix_index_size,
+                prefix_ttl_s=settings.prefix_ttl_s,
             )
-            checks = asyncio.create_task(
+            stack.push_async_callback(store.close)
+            tasks = [
                 run_health_checks(
                     client,
                     pool,
+                    store,
                     metrics,
                     settings.health_check_interval_s,
                     settings.health_check_timeout_s,
                 )
+            ]
+            prefixes: CachedPrefixes | SentPrefixes = SentPrefixes(store)
+            follower = None
+            if settings.redis_url and settings.kv_events:
+                redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0)
+                stack.push_async_callback(redis_client.aclose)
+                # exact: it mirrors the engines' caches, which bound its size
+                follower = KVEventFollower(redis_client, PrefixIndex(capacity=2**62))
+                prefixes = CachedPrefixes(follower.index)
+                tasks.append(follower.run(lambda: list(pool.replicas)))
+            app.state.pool, app.state.metrics, app.state.client = pool, metrics, client
+            app.state.store, app.state.follower = store, follower
+            app.state.settings = settings
+            app.state.proxy = Proxy(
+                settings,
+                client,
+                pool,
+                store,
+                prefixes,
+                PromptHasher(settings.tokenizer, settings.block_size),
+                metrics,
             )
+            running = [asyncio.create_task(task) for task in tasks]
             try:
                 yield
             finally:
-                checks.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await checks
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
 
     app = FastAPI(title="fleetlm router", lifespan=lifespan)
 
@@ -79,15 +105,31 @@ def create_app(settings: RouterSettings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        app_state = request.app.state
-        for replica in app_state.pool.replicas.values():
-            app_state.metrics.replica_in_flight.labels(replica.url).set(replica.in_flight)
-        return Response(app_state.metrics.render(), media_type="text/plain; version=0.0.4")
+        state = request.app.state
+        in_flight = await state.store.in_flight()
+        for replica in state.pool.replicas.values():
+            state.metrics.replica_in_flight.labels(replica.url).set(in_flight.get(replica.url, 0))
+        state.metrics.redis_failures.set(
+            getattr(state.store, "num_failures", 0)
+            + (state.follower.num_failures if state.follower else 0)
+        )
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/admin/replicas")
     async def replicas(request: Request) -> Response:
-        pool = request.app.state.pool
-        return JSONResponse({"replicas": [asdict(r) for r in pool.replicas.values()]})
+        state = request.app.state
+        follower = state.follower
+        cached = {} if follower is None else follower.index.count_by_replica()
+        return JSONResponse(
+            {
+                "replicas": [
+                    {**asdict(r), "cached_blocks": cached.get(r.url)}
+                    for r in state.pool.replicas.values()
+                ],
+                "redis": state.settings.redis_url is not None,
+                "prefix_source": "kv_events" if follower else "sent",
+            }
+        )
 
     return app
 

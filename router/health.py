@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetlm.router.metrics import RouterMetrics
 from fleetlm.router.replicas import Replica, ReplicaPool
+from fleetlm.router.store import RouterStore
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +69,17 @@ async def check_all(
 async def run_health_checks(
     client: httpx.AsyncClient,
     pool: ReplicaPool,
+    store: RouterStore,
     metrics: RouterMetrics,
     interval_s: float,
     timeout_s: float,
 ) -> None:
-    """Forever, every interval (cancelled by the app's lifespan)."""
+    """Forever, every interval (cancelled by the app's lifespan); also the store's heartbeat
+    (this router's in-flight counts stay alive in Redis)."""
     while True:
         try:
             await check_all(client, pool, metrics, timeout_s)
+            await store.heartbeat()
         except Exception:  # a bug here must not stop the checks
             logger.exception("health check round failed")
         await asyncio.sleep(interval_s)

@@ -55,5 +55,11 @@ class RouterMetrics:
             registry=r,
         )
 
+        self.redis_failures = Gauge(
+            "fleetlm_router_redis_failures",
+            "Redis calls that failed (the router then routes from its local view)",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -47,6 +47,14 @@ class PrefixIndex:
                 if not holders:
                     del self.holders[block_hash]
 
+    def count_by_replica(self) -> dict[str, int]:
+        """How many blocks each replica holds (the admin view)."""
+        counts: dict[str, int] = {}
+        for holders in self.holders.values():
+            for replica in holders:
+                counts[replica] = counts.get(replica, 0) + 1
+        return counts
+
     def drop_replica(self, replica: str) -> None:
         for block_hash in [h for h, holders in self.holders.items() if replica in holders]:
             self.remove(replica, [block_hash])

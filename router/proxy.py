@@ -13,11 +13,12 @@ from fastapi.responses import Response, StreamingResponse
 
 from fleetlm.router.errors import error_response, sse_error_event
 from fleetlm.router.metrics import RouterMetrics
-from fleetlm.router.prefix_index import PrefixIndex
+from fleetlm.router.prefix_sources import CachedPrefixes, SentPrefixes
 from fleetlm.router.prompts import PromptHasher
 from fleetlm.router.replicas import Replica, ReplicaPool
 from fleetlm.router.routing import RouteRequest, choose
 from fleetlm.router.settings import RouterSettings
+from fleetlm.router.store import RouterStore
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +36,16 @@ class Proxy:
         settings: RouterSettings,
         client: httpx.AsyncClient,
         pool: ReplicaPool,
-        index: PrefixIndex,
+        store: RouterStore,
+        prefixes: CachedPrefixes | SentPrefixes,
         hasher: PromptHasher,
         metrics: RouterMetrics,
     ) -> None:
         self.settings = settings
         self.client = client
         self.pool = pool
-        self.index = index
+        self.store = store
+        self.prefixes = prefixes
         self.hasher = hasher
         self.metrics = metrics
         self.counter = itertools.count()
@@ -58,11 +61,14 @@ class Proxy:
             candidates = [r for r in self.pool.available() if r.url not in tried]
             if not candidates:
                 break
+            in_flight = await self.store.in_flight()  # every router's requests
+            for replica in candidates:
+                replica.in_flight = in_flight.get(replica.url, 0)
             decision = choose(
                 self.settings,
                 candidates,
                 route,
-                self.index.match(route.block_hashes),
+                await self.prefixes.match(route.block_hashes),
                 next(self.counter),
             )
             replica = decision.replica
@@ -76,7 +82,7 @@ class Proxy:
                 continue
             self.metrics.decisions.labels(decision.reason).inc()
             if route.block_hashes and response.status_code < 400:
-                self.index.insert(replica.url, route.block_hashes)
+                await self.prefixes.record(replica.url, route.block_hashes)
                 self.metrics.routed_prompt_tokens.inc(
                     len(route.block_hashes) * self.settings.block_size
                 )
@@ -107,7 +113,7 @@ class Proxy:
     ) -> Response:
         """The replica's answer; raises UpstreamFailed while nothing was sent to the client."""
         started = time.monotonic()
-        replica.in_flight += 1
+        await self.store.add_in_flight(replica.url, 1)
         upstream = None
         try:
             upstream = await self.client.send(
@@ -122,7 +128,7 @@ class Proxy:
             chunks = upstream.aiter_raw()
             first = await anext(chunks, b"")
         except (httpx.HTTPError, UpstreamFailed) as e:
-            replica.in_flight -= 1
+            await self.store.add_in_flight(replica.url, -1)
             if upstream is not None:
                 await upstream.aclose()
             kind = "status" if isinstance(e, UpstreamFailed) else "connect"
@@ -157,5 +163,5 @@ class Proxy:
             if upstream.headers.get("content-type", "").startswith("text/event-stream"):
                 yield sse_error_event(f"the engine replica failed mid-stream: {e}")
         finally:
-            replica.in_flight -= 1
+            await self.store.add_in_flight(replica.url, -1)
             await upstream.aclose()

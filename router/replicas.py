@@ -7,7 +7,7 @@ from dataclasses import dataclass
 class Replica:
     url: str
     healthy: bool = True  # a new replica gets traffic until a check or a request fails
-    in_flight: int = 0  # requests this router has open on it
+    in_flight: int = 0  # requests open on it, over every router (from the store)
     failed_checks: int = 0
     consecutive_errors: int = 0
     # read from the replica's /metrics at each health check

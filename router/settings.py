@@ -1,20 +1,34 @@
 """The router's settings: flags of `fleetlm router`, or FLEETLM_ROUTER_* environment variables."""
 
+import os
+import socket
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Strategy = Literal["prefix", "round_robin", "least_load", "session"]
 
 
 class RouterSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLEETLM_ROUTER_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETLM_ROUTER_", extra="forbid", populate_by_name=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     replicas: list[str] = Field(default_factory=list)  # engine base URLs (static discovery)
     strategy: Strategy = "prefix"
+    # Shared state (in-flight counts, prefix index, rate limits) in this Redis; without it an
+    # in-process store (one router). REDIS_URL is read too.
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("redis_url", "FLEETLM_ROUTER_REDIS_URL", "REDIS_URL")
+    )
+    router_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # With Redis: follow the engines' KV-cache events (engines started with
+    # --kv-events-redis-url) for an exact prefix view; otherwise remember where prompts went.
+    kv_events: bool = True
+    prefix_ttl_s: float = Field(3600.0, gt=0)  # remembered placements expire (Redis)
     # The served model's tokenizer (a Hugging Face directory): prompts are tokenized and cut
     # into blocks hashed as the engine hashes them. Without one, only token-id prompts are.
     tokenizer: str | None = None

@@ -3,6 +3,9 @@
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
+
+from fleetlm.engine.core.kv_events import KVEvent
 
 
 @dataclass(eq=False)
@@ -22,9 +25,15 @@ class BlockPool:
     keeps its hash, so a later request with the same prefix can take it back (`touch`). New
     allocations pop from the head: the least recently freed block is evicted first, and only
     then does it leave the prefix-cache index.
+
+    With `record_events` (off by default), every change to the index is also recorded as a
+    `KVEvent`, in order, until `take_events` hands them over: whoever turns it on must take
+    them regularly (the engine process does, after every step, to publish them for routers).
     """
 
-    def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, enable_caching: bool = True, record_events: bool = False
+    ) -> None:
         if num_blocks < 1:
             raise ValueError(f"the KV cache needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
@@ -35,6 +44,7 @@ class BlockPool:
         )
         self.cached_blocks: dict[bytes, KVCacheBlock] = {}
         self.num_evictions = 0
+        self.events: list[KVEvent] | None = [] if record_events else None
 
     @property
     def num_free_blocks(self) -> int:
@@ -59,11 +69,15 @@ class BlockPool:
         if num_blocks > self.num_free_blocks:
             raise ValueError(f"cannot allocate {num_blocks} blocks, {self.num_free_blocks} free")
         blocks = []
+        evicted_hashes = []
         for _ in range(num_blocks):
             _, block = self.free_blocks.popitem(last=False)
-            self._evict(block)
+            evicted_hash = self._evict(block)
+            if evicted_hash is not None:
+                evicted_hashes.append(evicted_hash)
             block.ref_cnt = 1
             blocks.append(block)
+        self._record("removed", evicted_hashes)
         return blocks
 
     def free(self, blocks: Iterable[KVCacheBlock]) -> None:
@@ -77,10 +91,13 @@ class BlockPool:
         """Enter full blocks into the prefix-cache index (first block per hash wins)."""
         if not self.enable_caching:
             return
+        stored_hashes = []
         for block, block_hash in zip(blocks, block_hashes, strict=True):
             if block.block_hash is None and block_hash not in self.cached_blocks:
                 block.block_hash = block_hash
                 self.cached_blocks[block_hash] = block
+                stored_hashes.append(block_hash)
+        self._record("stored", stored_hashes)
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached hash; only possible when no request holds a block."""
@@ -89,10 +106,30 @@ class BlockPool:
         for block in self.blocks:
             block.block_hash = None
         self.cached_blocks.clear()
+        if self.events is not None:
+            self.events.append(KVEvent("cleared"))
         return True
 
-    def _evict(self, block: KVCacheBlock) -> None:
-        if block.block_hash is not None:
-            del self.cached_blocks[block.block_hash]
+    def cached_hashes(self) -> list[bytes]:
+        """A snapshot of the hashes in the prefix-cache index now."""
+        return list(self.cached_blocks)
+
+    def take_events(self) -> list[KVEvent]:
+        """The events recorded since the last call, oldest first (none when not recording)."""
+        if not self.events:
+            return []
+        events, self.events = self.events, []
+        return events
+
+    def _record(self, event_type: Literal["stored", "removed"], hashes: list[bytes]) -> None:
+        if self.events is not None and hashes:
+            self.events.append(KVEvent(event_type, tuple(hashes)))
+
+    def _evict(self, block: KVCacheBlock) -> bytes | None:
+        """Drop the block from the prefix-cache index; the hash it held, if any."""
+        block_hash = block.block_hash
+        if block_hash is not None:
+            del self.cached_blocks[block_hash]
             block.block_hash = None
             self.num_evictions += 1
+        return block_hash

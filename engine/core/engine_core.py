@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 from fleetlm.engine.config import EngineConfig
 from fleetlm.engine.core.kv_cache_manager import KVCacheManager
+from fleetlm.engine.core.kv_events import KVEvent
 from fleetlm.engine.core.protocol import EngineCoreOutput, EngineCoreRequest, EngineCoreStats
 from fleetlm.engine.core.request import Request, RequestStatus
 from fleetlm.engine.core.scheduler import Scheduler
@@ -34,7 +35,10 @@ class EngineCore:
                 "lower max_model_len"
             )
         kv_cache_manager = KVCacheManager(
-            num_blocks, config.cache.block_size, config.cache.enable_prefix_caching
+            num_blocks,
+            config.cache.block_size,
+            config.cache.enable_prefix_caching,
+            record_kv_events=config.kv_events is not None,
         )
         self.scheduler = Scheduler(config.scheduler, kv_cache_manager)
 
@@ -111,6 +115,19 @@ class EngineCore:
 
     def reset_prefix_cache(self) -> bool:
         return self.scheduler.kv_cache_manager.reset_prefix_cache()
+
+    def take_kv_events(self) -> list[KVEvent]:
+        """Prefix-cache changes since the last call, in order.
+
+        Recorded only when `config.kv_events` is set, and then the caller must take them
+        regularly (the engine process does, after every step, and publishes them); nothing
+        else takes them, so `LLMEngine` should not be given a `kv_events` config.
+        """
+        return self.scheduler.kv_cache_manager.pool.take_events()
+
+    def cached_block_hashes(self) -> list[bytes]:
+        """The hashes of every block in the prefix cache now (for a full resync)."""
+        return self.scheduler.kv_cache_manager.pool.cached_hashes()
 
     def stats(self) -> EngineCoreStats:
         kv = self.scheduler.kv_cache_manager

@@ -5,7 +5,9 @@
 It connects to PATH (the front end listens there), builds the engine from `EngineArgs(**JSON)`,
 sends "ready", then loops: apply what the front end sent, step while there is work, send
 "outputs" after every step that produced some (with the current stats) and a stats-only
-"outputs" about once a second otherwise. See `wire.py` for the messages.
+"outputs" about once a second otherwise. See `wire.py` for the messages. When the engine
+args name a Redis for KV-cache events, the prefix-cache changes of every step are handed to a
+`KVEventPublisher` (a background thread: Redis never stalls the loop).
 
 Exit codes: 0 after "shutdown" or when the front end goes away (end of stream); 1 after an
 exception while building the engine or stepping (reported first with an "error" message).
@@ -44,6 +46,7 @@ from fleetlm.engine.core.wire import (
 
 if TYPE_CHECKING:
     from fleetlm.engine.core.engine_core import EngineCore, StepInFlight
+    from fleetlm.engine.core.kv_event_publisher import KVEventPublisher
 
 logger = logging.getLogger("fleetlm.engine.core.engine_process")
 
@@ -65,10 +68,19 @@ class EngineProcess:
         self.pending: list[EngineCoreOutput] = []  # outputs made outside a step (refused adds)
         self.last_sent = time.monotonic()
         self.has_new_stats = False  # a message changed them: send them without waiting
+        self.kv_event_publisher: KVEventPublisher | None = None  # set by `run` when configured
 
     def run(self) -> None:
         """Until "shutdown" or end of stream (returns), or an engine failure (raises)."""
         threading.Thread(target=self._read_frames, name="frame-reader", daemon=True).start()
+        self.kv_event_publisher = start_kv_event_publisher(self.core)
+        try:
+            self._loop()
+        finally:
+            if self.kv_event_publisher is not None:
+                self.kv_event_publisher.close()
+
+    def _loop(self) -> None:
         in_flight: StepInFlight | None = None
         while True:
             # Wait for messages only when there is nothing to step, and not past the next stats.
@@ -78,9 +90,19 @@ class EngineProcess:
             outputs, self.pending = self.pending, []
             # The next step runs on the device while this one's outputs are encoded and sent.
             step_outputs, in_flight = self.core.advance(in_flight)
+            self._publish_kv_events()
             outputs += step_outputs
             if outputs or self._seconds_to_stats() == 0.0:
                 self._send_outputs(outputs)
+
+    def _publish_kv_events(self) -> None:
+        """Hand the step's prefix-cache changes (or, after a Redis outage, all) to Redis."""
+        publisher = self.kv_event_publisher
+        if publisher is None:
+            return
+        publisher.publish(self.core.take_kv_events())
+        if publisher.needs_snapshot:
+            publisher.publish_snapshot(self.core.cached_block_hashes())
 
     def _seconds_to_stats(self) -> float:
         if self.has_new_stats:
@@ -158,6 +180,17 @@ def ready_info(core: "EngineCore") -> ReadyInfo:
         eos_token_ids=tuple(model.eos_token_ids),
         enable_prefix_caching=cache.enable_prefix_caching,
     )
+
+
+def start_kv_event_publisher(core: "EngineCore") -> "KVEventPublisher | None":
+    """A publisher of the core's KV-cache events when its config asks for one."""
+    config = core.config.kv_events
+    if config is None:
+        return None
+    from fleetlm.engine.core.kv_event_publisher import KVEventPublisher
+
+    logger.info("publishing KV-cache events of %s to Redis", config.replica)
+    return KVEventPublisher(config.redis_url, config.replica)
 
 
 def build_engine_core(engine_args: dict[str, Any]) -> "EngineCore":
