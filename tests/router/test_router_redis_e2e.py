@@ -1,0 +1,153 @@
+"""Routers sharing a real Redis, in front of three real `fleetlm serve` replicas that publish
+their KV-cache events there: the event-driven index, two routers deciding alike, and Redis
+killed and restarted mid-run."""
+
+import time
+
+import httpx
+import openai
+import pytest
+import redis
+
+from fleetlm.engine.core.kv_events import blocks_key, stream_key
+from tests.engine.entrypoints.openai.server_process import ServerProcess
+from tests.redis_server import RedisServer
+
+from .router_process import RouterProcess
+
+pytestmark = pytest.mark.slow
+MODEL = "smollm2"
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def replicas(smollm2_dir, redis_url):
+    # 0.05 GiB of KV cache: ~70 blocks of 16 tokens, so distinct prompts evict each other.
+    servers = [
+        ServerProcess(
+            smollm2_dir,
+            "--served-model-name", MODEL,
+            "--cpu-kv-cache-gib", "0.05",
+            "--kv-events-redis-url", redis_url.url,
+        )
+        for _ in range(3)
+    ]  # fmt: skip
+    for server in servers:
+        server.start()
+    try:
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def client_for(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def prefix_hits(replica: ServerProcess) -> float:
+    text = httpx.get(f"{replica.url}/metrics", timeout=5).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("vllm:prefix_cache_hits")
+    )
+
+
+def held_in_redis(client: redis.Redis, replica: str) -> int:
+    return client.scard(blocks_key(replica))
+
+
+def ask(url: str, system: str, question: str) -> None:
+    client_for(url).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        max_tokens=2,
+        temperature=0,
+    )
+
+
+def test_the_event_index_follows_the_engines_caches_through_evictions(
+    replicas, redis_url, smollm2_dir
+):
+    urls = [r.url for r in replicas]
+    client = redis.Redis.from_url(redis_url.url)
+    with RouterProcess(
+        urls, "--tokenizer", str(smollm2_dir), "--redis-url", redis_url.url
+    ) as router:
+        assert httpx.get(f"{router.url}/admin/replicas").json()["prefix_source"] == "kv_events"
+        for i in range(24):  # 24 distinct prompts of ~10 blocks over ~3 x 70 blocks
+            ask(router.url, f"Story {i}: " + f"the number {i} walks on. " * 20, "Go on.")
+        removed = sum(
+            1
+            for url in urls
+            for _, fields in client.xrange(stream_key(url))
+            if fields[b"type"] == b"removed"
+        )
+        assert removed > 0, "no evictions happened: the test proves nothing"
+        router.wait_for(
+            lambda state: all(
+                state[url]["cached_blocks"] == held_in_redis(client, url) for url in urls
+            )
+        )
+        # A prefix just computed by one replica is routed back to it (and hits its cache).
+        system = "You are a careful assistant. " * 15
+        ask(router.url, system, "First question?")
+        time.sleep(0.5)  # its stored event reaches the router
+        before = sum(prefix_hits(r) for r in replicas)
+        ask(router.url, system, "Second question?")
+        assert sum(prefix_hits(r) for r in replicas) - before >= 5 * 16
+
+
+def test_two_routers_on_one_redis_choose_the_same_replica(replicas, redis_url, smollm2_dir):
+    """Without KV events (placements shared through Redis) and with them."""
+    urls = [r.url for r in replicas]
+    for mode in ("--no-kv-events", "--kv-events"):
+        common = ["--tokenizer", str(smollm2_dir), "--redis-url", redis_url.url, mode]
+        with RouterProcess(urls, *common) as first, RouterProcess(urls, *common) as second:
+            for i in range(3):
+                system = f"[{mode} {i}] You are assistant {i}; be brief. " * 12
+                ask(first.url, system, "Hello?")
+                time.sleep(0.5)  # the engine's events reach the second router
+                before = sum(prefix_hits(r) for r in replicas)
+                ask(second.url, system, "And again?")
+                gained = sum(prefix_hits(r) for r in replicas) - before
+                assert gained >= 5 * 16, f"{mode}: the second router missed the cached prefix"
+
+
+def test_redis_killed_and_restarted_mid_run_costs_no_request(replicas, redis_url, smollm2_dir):
+    urls = [r.url for r in replicas]
+    client = redis.Redis.from_url(redis_url.url)
+    with RouterProcess(
+        urls, "--tokenizer", str(smollm2_dir), "--redis-url", redis_url.url
+    ) as router:
+        ask(router.url, "Warm up. " * 20, "Hi")
+        redis_url.stop()
+        try:
+            for i in range(6):  # every request still answered (from the router's local view)
+                ask(router.url, f"During the outage {i}. " * 10, "Hi")
+        finally:
+            redis_url.start()  # empty: engines and routers re-sync into it
+        metrics = httpx.get(f"{router.url}/metrics").text
+        failures = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("fleetlm_router_redis_failures ")
+        )
+        assert failures > 0
+        for i in range(3):
+            ask(router.url, f"After the outage {i}. " * 10, "Hi")
+        router.wait_for(
+            lambda state: all(
+                state[url]["cached_blocks"] == held_in_redis(client, url) > 0 for url in urls
+            ),
+            timeout=30,
+        )
