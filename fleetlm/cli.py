@@ -225,6 +225,15 @@ def _add_router_args(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="with Redis: follow the engines' KV-cache events for the prefix index",
     )
+    parser.add_argument(
+        "--requests-per-minute", type=int, default=None, help="per API key (default: no limit)"
+    )
+    parser.add_argument(
+        "--tokens-per-minute",
+        type=int,
+        default=None,
+        help="per API key, prompt + completion tokens (default: no limit)",
+    )
     parser.add_argument("--health-check-interval", type=float, default=1.0, help="seconds")
     parser.add_argument("--log-level", default="info")
 
@@ -245,6 +254,8 @@ def _router(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         block_size=args.block_size,
         kv_events=args.kv_events,
+        requests_per_minute=args.requests_per_minute,
+        tokens_per_minute=args.tokens_per_minute,
         health_check_interval_s=args.health_check_interval,
         log_level=args.log_level,
     )

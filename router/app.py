@@ -19,6 +19,7 @@ from fleetlm.router.prefix_index import PrefixIndex
 from fleetlm.router.prefix_sources import CachedPrefixes, SentPrefixes
 from fleetlm.router.prompts import PromptHasher
 from fleetlm.router.proxy import Proxy
+from fleetlm.router.rate_limit import RateLimiter
 from fleetlm.router.replicas import ReplicaPool
 from fleetlm.router.settings import RouterSettings
 from fleetlm.router.store import create_store
@@ -73,6 +74,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
                 store,
                 prefixes,
                 PromptHasher(settings.tokenizer, settings.block_size),
+                RateLimiter(store, settings.requests_per_minute, settings.tokens_per_minute),
                 metrics,
             )
             running = [asyncio.create_task(task) for task in tasks]

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 from fastapi import Request
@@ -15,10 +16,12 @@ from fleetlm.router.errors import error_response, sse_error_event
 from fleetlm.router.metrics import RouterMetrics
 from fleetlm.router.prefix_sources import CachedPrefixes, SentPrefixes
 from fleetlm.router.prompts import PromptHasher
+from fleetlm.router.rate_limit import RateLimiter, limit_key
 from fleetlm.router.replicas import Replica, ReplicaPool
 from fleetlm.router.routing import RouteRequest, choose
 from fleetlm.router.settings import RouterSettings
 from fleetlm.router.store import RouterStore
+from fleetlm.router.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class Proxy:
         store: RouterStore,
         prefixes: CachedPrefixes | SentPrefixes,
         hasher: PromptHasher,
+        limiter: RateLimiter,
         metrics: RouterMetrics,
     ) -> None:
         self.settings = settings
@@ -47,10 +51,21 @@ class Proxy:
         self.store = store
         self.prefixes = prefixes
         self.hasher = hasher
+        self.limiter = limiter
         self.metrics = metrics
         self.counter = itertools.count()
 
     async def forward(self, request: Request, endpoint: str) -> Response:
+        key = limit_key(request.headers.get("authorization"))
+        retry_after = await self.limiter.admit(key) if self.limiter.enabled else None
+        if retry_after is not None:
+            self.metrics.requests.labels(endpoint, "429").inc()
+            return error_response(
+                429,
+                "rate limit exceeded for this API key",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(retry_after)},
+            )
         body = await request.body()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
@@ -75,8 +90,11 @@ class Proxy:
             tried.add(replica.url)
             if attempt:
                 self.metrics.retries.inc()
+            meter = None
+            if self.limiter.tokens_per_minute is not None:
+                meter = _Charge(key, len(route.block_hashes) * self.settings.block_size)
             try:
-                response = await self._send(replica, endpoint, body, headers)
+                response = await self._send(replica, endpoint, body, headers, meter)
             except UpstreamFailed as e:
                 logger.warning("request %s failed on %s: %s", request_id, replica.url, e)
                 continue
@@ -109,7 +127,12 @@ class Proxy:
         )
 
     async def _send(
-        self, replica: Replica, endpoint: str, body: bytes, headers: dict[str, str]
+        self,
+        replica: Replica,
+        endpoint: str,
+        body: bytes,
+        headers: dict[str, str],
+        charge: "_Charge | None",
     ) -> Response:
         """The replica's answer; raises UpstreamFailed while nothing was sent to the client."""
         started = time.monotonic()
@@ -137,8 +160,12 @@ class Proxy:
             raise UpstreamFailed(str(e) or type(e).__name__) from e
         self.pool.record_success(replica)
         response_headers = {"content-type": upstream.headers.get("content-type", "")}
+        meter = None
+        if charge is not None:
+            streaming = response_headers["content-type"].startswith("text/event-stream")
+            meter = UsageMeter(streaming, charge.prompt_tokens_estimate)
         return StreamingResponse(
-            self._relay(replica, upstream, first, chunks),
+            self._relay(replica, upstream, first, chunks, meter, charge),
             status_code=upstream.status_code,
             headers=response_headers,
         )
@@ -149,12 +176,18 @@ class Proxy:
         upstream: httpx.Response,
         first: bytes,
         chunks: AsyncIterator[bytes],
+        meter: UsageMeter | None,
+        charge: "_Charge | None",
     ) -> AsyncIterator[bytes]:
         """The replica's bytes as they arrive; an explicit error event if it fails midway."""
         try:
             if first:
+                if meter is not None:
+                    meter.feed(first)
                 yield first
             async for chunk in chunks:
+                if meter is not None:
+                    meter.feed(chunk)
                 yield chunk
         except httpx.HTTPError as e:
             logger.warning("replica %s failed mid-response: %s", replica.url, e)
@@ -165,3 +198,13 @@ class Proxy:
         finally:
             await self.store.add_in_flight(replica.url, -1)
             await upstream.aclose()
+            if meter is not None and charge is not None:
+                await self.limiter.charge(charge.key, meter.total_tokens())
+
+
+@dataclass(frozen=True)
+class _Charge:
+    """Whose token budget a response is charged to, and its prompt's size if it reports none."""
+
+    key: str
+    prompt_tokens_estimate: int

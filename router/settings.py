@@ -41,6 +41,9 @@ class RouterSettings(BaseSettings):
     # loaded one is not chosen for its cache.
     max_load_gap: int = Field(8, ge=0)
     session_header: str = "x-session-id"
+    # Per-API-key limits (None: no limit), counted in the store: every router shares them.
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
     health_check_interval_s: float = Field(1.0, gt=0)
     health_check_timeout_s: float = Field(2.0, gt=0)
     # A replica is ejected after this many failed health checks or failed requests in a row,

@@ -396,7 +396,8 @@ def create_store(
     prefix_ttl_s: float = 3600.0,
 ) -> RouterStore:
     """Redis with an in-process fallback when a URL is given; in-process only otherwise."""
-    local = MemoryStore(prefix_capacity)
+    # Wall-clock windows, as in Redis: the rate limiter computes Retry-After from the same clock.
+    local = MemoryStore(prefix_capacity, clock=time.time)
     if not redis_url:
         return local
     return ResilientStore(RedisStore(redis_url, router_id, prefix_ttl_s=prefix_ttl_s), local)

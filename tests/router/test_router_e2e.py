@@ -179,3 +179,37 @@ def test_a_replica_dying_mid_stream_ends_the_stream_with_an_error_event(smollm2_
                     os.killpg(doomed.process.pid, signal.SIGKILL)
                     time.sleep(0.5)
         assert 3 <= chunks < 400
+
+
+def test_rate_limits_per_api_key(replicas):
+    urls = [r.url for r in replicas]
+    with RouterProcess(urls, "--requests-per-minute", "2") as router:
+        wait_for_a_fresh_minute()
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 1}
+
+        def post(key: str) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {key}"}
+            return httpx.post(f"{router.url}/v1/completions", json=body, headers=headers)
+
+        assert [post("key-a").status_code for _ in range(2)] == [200, 200]
+        refused = post("key-a")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert post("key-b").status_code == 200
+    with RouterProcess(urls, "--tokens-per-minute", "40") as router:
+        wait_for_a_fresh_minute()
+        client = client_for(router.url)
+        answer = client.completions.create(
+            model=MODEL, prompt="Count to ten:", max_tokens=40, extra_body={"ignore_eos": True}
+        )
+        assert answer.usage.total_tokens >= 40
+        with pytest.raises(openai.RateLimitError):
+            client.completions.create(model=MODEL, prompt="Again", max_tokens=1)
+
+
+def wait_for_a_fresh_minute() -> None:
+    """Rate windows are wall-clock minutes: start well inside one, so the test's requests
+    share a window."""
+    while time.time() % 60 > 50:
+        time.sleep(0.5)

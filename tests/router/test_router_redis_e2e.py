@@ -151,3 +151,24 @@ def test_redis_killed_and_restarted_mid_run_costs_no_request(replicas, redis_url
             ),
             timeout=30,
         )
+
+
+def test_two_routers_share_one_request_budget(replicas, redis_url):
+    urls = [r.url for r in replicas]
+    common = ["--redis-url", redis_url.url, "--requests-per-minute", "3"]
+    with RouterProcess(urls, *common) as first, RouterProcess(urls, *common) as second:
+        wait_for_a_fresh_minute()
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 1}
+        headers = {"Authorization": "Bearer shared-key"}
+        codes = [
+            httpx.post(f"{router.url}/v1/completions", json=body, headers=headers).status_code
+            for router in (first, second, first, second)
+        ]
+    assert codes == [200, 200, 200, 429]
+
+
+def wait_for_a_fresh_minute() -> None:
+    """Rate windows are wall-clock minutes: start well inside one, so the test's requests
+    share a window."""
+    while time.time() % 60 > 50:
+        time.sleep(0.5)
