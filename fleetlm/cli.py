@@ -111,6 +111,11 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="publish KV-cache events to this Redis for routers (e.g. redis://host:6379/0)",
     )
     server.add_argument(
+        "--register-redis-url",
+        default=None,
+        help="register this server in this Redis for routers to discover (heartbeat TTL)",
+    )
+    server.add_argument(
         "--advertise-url",
         default=None,
         help="how routers reach this server, its name in Redis "
@@ -197,7 +202,13 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_router_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--replicas", required=True, help="engine base URLs, comma-separated (static list)"
+        "--replicas", default="", help="engine base URLs, comma-separated (a static list)"
+    )
+    parser.add_argument(
+        "--discover",
+        choices=["redis"],
+        default=None,
+        help="also route to the engines registered in Redis (fleetlm serve --register-redis-url)",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -250,6 +261,7 @@ def _router(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         replicas=args.replicas,
+        discover_redis=args.discover == "redis",
         strategy=args.strategy,
         tokenizer=args.tokenizer,
         block_size=args.block_size,
@@ -276,6 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
     from fleetlm.engine.entrypoints.openai.server import run_server
     from fleetlm.engine.entrypoints.openai.settings import ServerSettings
 
+    advertise = advertise_url(args.advertise_url, args.host, args.port)
     settings = ServerSettings(
         host=args.host,
         port=args.port,
@@ -288,6 +301,8 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         log_level=args.log_level,
         trust_request_chat_template=args.trust_request_chat_template,
+        register_redis_url=args.register_redis_url,
+        advertise_url=advertise,
     )
     engine_args = EngineArgs(
         model=args.model,
@@ -309,7 +324,7 @@ def _serve(args: argparse.Namespace) -> int:
         async_scheduling=args.async_scheduling,
         max_cuda_graph_batch_size=args.max_cuda_graph_batch_size,
         kv_events_redis_url=args.kv_events_redis_url,
-        kv_events_replica=advertise_url(args.advertise_url, args.host, args.port),
+        kv_events_replica=advertise,
     )
     run_server(settings, engine_args)
     return 0

@@ -53,6 +53,8 @@ def create_app(settings: RouterSettings) -> FastAPI:
                     metrics,
                     settings.health_check_interval_s,
                     settings.health_check_timeout_s,
+                    settings.replicas,
+                    settings.discover_redis,
                 )
             ]
             prefixes: CachedPrefixes | SentPrefixes = SentPrefixes(store)

@@ -73,11 +73,16 @@ async def run_health_checks(
     metrics: RouterMetrics,
     interval_s: float,
     timeout_s: float,
+    static: list[str],
+    discover: bool,
 ) -> None:
-    """Forever, every interval (cancelled by the app's lifespan); also the store's heartbeat
-    (this router's in-flight counts stay alive in Redis)."""
+    """Forever, every interval (cancelled by the app's lifespan): discovery (the static list
+    plus, with `discover`, the replicas registered in the store), the checks, and the store's
+    heartbeat (this router's in-flight counts stay alive in Redis)."""
     while True:
         try:
+            if discover:
+                pool.sync(sorted({*static, *await store.registered_replicas()}))
             await check_all(client, pool, metrics, timeout_s)
             await store.heartbeat()
         except Exception:  # a bug here must not stop the checks

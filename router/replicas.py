@@ -31,6 +31,14 @@ class ReplicaPool:
         self.unhealthy_after = unhealthy_after
         self.replicas: dict[str, Replica] = {url: Replica(url) for url in urls}
 
+    def sync(self, urls: list[str]) -> None:
+        """Discovery's answer: add the new replicas (in rotation at once: they registered as
+        ready), forget the ones gone."""
+        for url in urls:
+            self.replicas.setdefault(url, Replica(url))
+        for url in set(self.replicas) - set(urls):
+            del self.replicas[url]
+
     def available(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.healthy]
 

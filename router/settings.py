@@ -4,7 +4,7 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Strategy = Literal["prefix", "round_robin", "least_load", "session"]
@@ -18,6 +18,8 @@ class RouterSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     replicas: list[str] = Field(default_factory=list)  # engine base URLs (static discovery)
+    # Also the replicas registered in Redis (`fleetlm serve --register-redis-url`).
+    discover_redis: bool = False
     strategy: Strategy = "prefix"
     # Shared state (in-flight counts, prefix index, rate limits) in this Redis; without it an
     # in-process store (one router). REDIS_URL is read too.
@@ -53,6 +55,14 @@ class RouterSettings(BaseSettings):
     connect_timeout_s: float = Field(2.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _has_replicas(self) -> "RouterSettings":
+        if self.discover_redis and not self.redis_url:
+            raise ValueError("discover_redis needs redis_url (or REDIS_URL)")
+        if not self.replicas and not self.discover_redis:
+            raise ValueError("no replicas: give a list, or discover them in Redis")
+        return self
 
     @field_validator("replicas", mode="before")
     @classmethod

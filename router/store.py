@@ -35,6 +35,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from fleetlm.engine.core.kv_events import REPLICAS_KEY  # engines register there themselves
 from fleetlm.router.prefix_index import PrefixIndex
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 
 ROUTERS_KEY = "fleetlm:routers"
-REPLICAS_KEY = "fleetlm:replicas"
 # Errors that mean "Redis is not answering": redis-py wraps socket errors in its own, but a
 # raw OSError (or TimeoutError, a subclass) must not reach the caller either.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)

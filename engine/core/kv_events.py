@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 KEY_PREFIX = "fleetlm:kv:"
+# The registry of engine replicas (`fleetlm serve --register-redis-url`): a sorted set of
+# their URLs scored by the wall-clock time their registration expires.
+REPLICAS_KEY = "fleetlm:replicas"
 STREAM_MAXLEN = 10_000
 EventType = Literal["stored", "removed", "cleared"]
 

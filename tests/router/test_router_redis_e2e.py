@@ -35,6 +35,7 @@ def replicas(smollm2_dir, redis_url):
             "--served-model-name", MODEL,
             "--cpu-kv-cache-gib", "0.05",
             "--kv-events-redis-url", redis_url.url,
+            "--register-redis-url", redis_url.url,
         )
         for _ in range(3)
     ]  # fmt: skip
@@ -172,3 +173,16 @@ def wait_for_a_fresh_minute() -> None:
     share a window."""
     while time.time() % 60 > 50:
         time.sleep(0.5)
+
+
+def test_discovery_of_replicas_registered_in_redis(replicas, redis_url, smollm2_dir):
+    """Engines register themselves; a draining one leaves the registry and the router."""
+    extra = ServerProcess(
+        smollm2_dir, "--served-model-name", MODEL, "--register-redis-url", redis_url.url
+    )
+    with RouterProcess([], "--discover", "redis", "--redis-url", redis_url.url) as router:
+        router.wait_for(lambda state: set(state) == {r.url for r in replicas})
+        with extra:
+            router.wait_for(lambda state: extra.url in state)
+            ask(router.url, "Discovered. " * 5, "Hi")
+        router.wait_for(lambda state: set(state) == {r.url for r in replicas})

@@ -1,3 +1,6 @@
+import pydantic
+import pytest
+
 from fleetlm.router.replicas import Replica, ReplicaPool
 from fleetlm.router.routing import RouteRequest, choose
 from fleetlm.router.settings import RouterSettings
@@ -11,7 +14,7 @@ def replicas(loads=(0, 0, 0)) -> list[Replica]:
 
 
 def settings(**kwargs) -> RouterSettings:
-    return RouterSettings(**kwargs)
+    return RouterSettings(replicas=URLS, **kwargs)
 
 
 def test_prefix_prefers_the_replica_holding_the_longest_prefix():
@@ -78,3 +81,20 @@ def test_pool_ejects_after_failures_and_readmits_on_a_passing_check():
     pool.record_check(a, False, {})
     pool.record_check(a, False, {})
     assert not a.healthy
+
+
+def test_settings_need_a_replica_source():
+    with pytest.raises(pydantic.ValidationError, match="no replicas"):
+        RouterSettings()
+    with pytest.raises(pydantic.ValidationError, match="needs redis_url"):
+        RouterSettings(discover_redis=True)
+    assert RouterSettings(discover_redis=True, redis_url="redis://r").replicas == []
+    assert RouterSettings(replicas="http://a/, http://b").replicas == ["http://a", "http://b"]
+
+
+def test_pool_sync_adds_and_forgets_replicas():
+    pool = ReplicaPool(["http://a"], unhealthy_after=2)
+    pool.sync(["http://a", "http://b"])
+    assert sorted(pool.replicas) == ["http://a", "http://b"]
+    pool.sync(["http://b"])
+    assert list(pool.replicas) == ["http://b"]

@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP app: `create_app(settings, engine_args)`."""
 
+import asyncio
 import hmac
 import logging
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from fleetlm.engine.entrypoints.openai.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
+from fleetlm.engine.entrypoints.openai.registration import keep_registered
 from fleetlm.engine.entrypoints.openai.serving_chat import create_chat_completion
 from fleetlm.engine.entrypoints.openai.serving_common import ServingContext, created
 from fleetlm.engine.entrypoints.openai.serving_completion import create_completion
@@ -69,9 +71,19 @@ def create_app(settings: ServerSettings, engine_args: EngineArgs) -> FastAPI:
             llm, settings, ServerMetrics(name, lambda: llm.stats), name
         )
         _log_ready(app.state.context)
+        registration = None
+        if settings.register_redis_url and settings.advertise_url:
+            registration = asyncio.create_task(
+                keep_registered(
+                    settings.register_redis_url, settings.advertise_url, app.state.context
+                )
+            )
         try:
             yield
         finally:
+            if registration is not None:
+                registration.cancel()
+                await asyncio.gather(registration, return_exceptions=True)
             await llm.shutdown()
 
     app = FastAPI(title="fleetlm", version=__version__, lifespan=lifespan)

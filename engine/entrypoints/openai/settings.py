@@ -23,3 +23,6 @@ class ServerSettings(BaseSettings):
     # A chat template sent with a request runs in a sandbox but unbounded in CPU and memory:
     # refused unless the operator trusts the callers (as vLLM's --trust-request-chat-template).
     trust_request_chat_template: bool = False
+    # Register in this Redis's replica registry for routers to discover (`--discover redis`).
+    register_redis_url: str | None = None
+    advertise_url: str | None = None  # how routers reach this server (its registry entry)
