@@ -206,9 +206,30 @@ def _add_router_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--discover",
-        choices=["redis"],
+        choices=["redis", "kubernetes"],
+        action="append",
         default=None,
-        help="also route to the engines registered in Redis (fleetlm serve --register-redis-url)",
+        help="also route to the engines registered in Redis (fleetlm serve "
+        "--register-redis-url), or to the Ready engine pods in Kubernetes; may be given twice",
+    )
+    parser.add_argument(
+        "--kubernetes-namespace",
+        default=None,
+        help="the engines' namespace, if not the router pod's own",
+    )
+    parser.add_argument(
+        "--kubernetes-label-selector",
+        default="app.kubernetes.io/component=engine",
+        help="which pods are engines",
+    )
+    parser.add_argument(
+        "--kubernetes-port", type=int, default=8000, help="the engines' port in their pods"
+    )
+    parser.add_argument(
+        "--kubernetes-api-url",
+        default=None,
+        help="the API server, e.g. kubectl proxy's http://127.0.0.1:8001 "
+        "(none: in-cluster, with the pod's service account)",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -255,13 +276,20 @@ def _router(args: argparse.Namespace) -> int:
     from fleetlm.router.app import create_app
     from fleetlm.router.settings import RouterSettings
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per proxied request
+
     redis = {"redis_url": args.redis_url} if args.redis_url else {}  # else $REDIS_URL, if set
     settings = RouterSettings(
         **redis,
         host=args.host,
         port=args.port,
         replicas=args.replicas,
-        discover_redis=args.discover == "redis",
+        discover_redis="redis" in (args.discover or []),
+        discover_kubernetes="kubernetes" in (args.discover or []),
+        kubernetes_namespace=args.kubernetes_namespace,
+        kubernetes_label_selector=args.kubernetes_label_selector,
+        kubernetes_port=args.kubernetes_port,
+        kubernetes_api_url=args.kubernetes_api_url,
         strategy=args.strategy,
         tokenizer=args.tokenizer,
         block_size=args.block_size,

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from fleetlm.router.discovery_k8s import KubernetesDiscovery
 from fleetlm.router.errors import error_response
 from fleetlm.router.health import run_health_checks
 from fleetlm.router.kv_follower import KVEventFollower
@@ -45,6 +46,24 @@ def create_app(settings: RouterSettings) -> FastAPI:
                 prefix_ttl_s=settings.prefix_ttl_s,
             )
             stack.push_async_callback(store.close)
+            discoverers = [store.registered_replicas] if settings.discover_redis else []
+            discovery = None
+            if settings.discover_kubernetes:
+                if settings.kubernetes_api_url:
+                    discovery = KubernetesDiscovery(
+                        settings.kubernetes_api_url,
+                        settings.kubernetes_namespace or "default",
+                        settings.kubernetes_label_selector,
+                        settings.kubernetes_port,
+                    )
+                else:
+                    discovery = KubernetesDiscovery.in_cluster(
+                        settings.kubernetes_namespace,
+                        settings.kubernetes_label_selector,
+                        settings.kubernetes_port,
+                    )
+                stack.push_async_callback(discovery.aclose)
+                discoverers.append(discovery.replicas)
             tasks = [
                 run_health_checks(
                     client,
@@ -54,9 +73,11 @@ def create_app(settings: RouterSettings) -> FastAPI:
                     settings.health_check_interval_s,
                     settings.health_check_timeout_s,
                     settings.replicas,
-                    settings.discover_redis,
+                    discoverers,
                 )
             ]
+            if discovery is not None:
+                tasks.append(discovery.run())
             prefixes: CachedPrefixes | SentPrefixes = SentPrefixes(store)
             follower = None
             if settings.redis_url and settings.kv_events:

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -74,15 +75,16 @@ async def run_health_checks(
     interval_s: float,
     timeout_s: float,
     static: list[str],
-    discover: bool,
+    discoverers: list[Callable[[], Awaitable[list[str]]]],
 ) -> None:
     """Forever, every interval (cancelled by the app's lifespan): discovery (the static list
-    plus, with `discover`, the replicas registered in the store), the checks, and the store's
-    heartbeat (this router's in-flight counts stay alive in Redis)."""
+    plus what each discoverer finds), the checks, and the store's heartbeat (this router's
+    in-flight counts stay alive in Redis)."""
     while True:
         try:
-            if discover:
-                pool.sync(sorted({*static, *await store.registered_replicas()}))
+            if discoverers:
+                found = await asyncio.gather(*(discover() for discover in discoverers))
+                pool.sync(sorted({*static, *(url for urls in found for url in urls)}))
             await check_all(client, pool, metrics, timeout_s)
             await store.heartbeat()
         except Exception:  # a bug here must not stop the checks

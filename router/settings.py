@@ -20,6 +20,14 @@ class RouterSettings(BaseSettings):
     replicas: list[str] = Field(default_factory=list)  # engine base URLs (static discovery)
     # Also the replicas registered in Redis (`fleetlm serve --register-redis-url`).
     discover_redis: bool = False
+    # Also the Ready pods of a label selector in Kubernetes, on `kubernetes_port` (watched).
+    discover_kubernetes: bool = False
+    # None: this pod's own namespace in a cluster, "default" with an explicit API URL.
+    kubernetes_namespace: str | None = None
+    kubernetes_label_selector: str = "app.kubernetes.io/component=engine"
+    kubernetes_port: int = Field(8000, ge=1, le=65535)  # the engines' port in their pods
+    # None: in-cluster (service account); else e.g. `kubectl proxy`'s http://127.0.0.1:8001.
+    kubernetes_api_url: str | None = None
     strategy: Strategy = "prefix"
     # Shared state (in-flight counts, prefix index, rate limits) in this Redis; without it an
     # in-process store (one router). REDIS_URL is read too.
@@ -60,8 +68,8 @@ class RouterSettings(BaseSettings):
     def _has_replicas(self) -> "RouterSettings":
         if self.discover_redis and not self.redis_url:
             raise ValueError("discover_redis needs redis_url (or REDIS_URL)")
-        if not self.replicas and not self.discover_redis:
-            raise ValueError("no replicas: give a list, or discover them in Redis")
+        if not self.replicas and not self.discover_redis and not self.discover_kubernetes:
+            raise ValueError("no replicas: give a list, or discover them in Redis or Kubernetes")
         return self
 
     @field_validator("replicas", mode="before")
