@@ -61,6 +61,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     prefix.add_argument(
         "--serve-args", default="--max-model-len 2048", help="more `fleetlm serve` flags"
     )
+    prefix.add_argument(
+        "--token-ids",
+        action="store_true",
+        help="models without a tokenizer (random weights): completions of token-id prompts, "
+        "a system prompt of --system-tokens random ids, each answer stood in for by "
+        "--max-tokens random ids; the router hashes the ids",
+    )
+    prefix.add_argument("--system-tokens", type=int, default=1024)
+    prefix.add_argument("--seed", type=int, default=0)
     prefix.add_argument("--output", default=None)
     overhead = modes.add_parser("overhead", help="the router's added latency")
     overhead.add_argument("--rate", type=float, default=200.0, help="requests per second")
@@ -152,7 +161,48 @@ async def stream_chat(client: httpx.AsyncClient, url: str, messages, max_tokens)
     return ttft if ttft is not None else time.perf_counter() - started, "".join(text)
 
 
+async def stream_completion(client: httpx.AsyncClient, url: str, prompt, max_tokens) -> float:
+    """TTFT in seconds of one streamed completion of token ids (the first chunk with a
+    choice: a model without a tokenizer streams empty text)."""
+    body = {
+        "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+        "ignore_eos": True,
+    }  # fmt: skip
+    started = time.perf_counter()
+    ttft = None
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if ttft is None and line.startswith("data: {") and json.loads(line[6:])["choices"]:
+                ttft = time.perf_counter() - started
+    return ttft if ttft is not None else time.perf_counter() - started
+
+
+async def run_token_id_users(args, router_url: str) -> list[float]:
+    vocab = json.loads((Path(model_dir(args)) / "config.json").read_text())["vocab_size"]
+    rng = np.random.default_rng(args.seed)
+    systems = rng.integers(0, vocab, (args.systems, args.system_tokens)).tolist()
+    limit = asyncio.Semaphore(args.concurrency)
+    ttfts: list[float] = []
+
+    async def user(u: int, client: httpx.AsyncClient) -> None:
+        turns = np.random.default_rng([args.seed, u]).integers(0, vocab, (args.turns, 2, 32))
+        async with limit:
+            prompt = list(systems[u % args.systems])
+            for turn in range(args.turns):
+                prompt += turns[turn, 0].tolist()  # the user's question
+                ttft = await stream_completion(client, router_url, prompt, args.max_tokens)
+                ttfts.append(ttft)
+                prompt += turns[turn, 1, : args.max_tokens].tolist()  # the answer's stand-in
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        await asyncio.gather(*(user(u, client) for u in range(args.users)))
+    return ttfts
+
+
 async def run_users(args, router_url: str) -> list[float]:
+    if args.token_ids:
+        return await run_token_id_users(args, router_url)
     systems = [system_prompt(i, args.system_repeats) for i in range(args.systems)]
     limit = asyncio.Semaphore(args.concurrency)
     ttfts: list[float] = []
@@ -190,7 +240,9 @@ def engine_counters(url: str) -> dict[str, float]:
 def run_strategy(args, strategy: str) -> dict:
     model = model_dir(args)
     ports = [free_port() for _ in range(args.replicas)]
-    serve = ["--cpu-kv-cache-gib", str(args.kv_cache_gib), *args.serve_args.split()]
+    serve = [*args.serve_args.split()]
+    if not args.token_ids:
+        serve += ["--cpu-kv-cache-gib", str(args.kv_cache_gib)]
     replicas = [
         subprocess.Popen(
             fleetlm("serve", model, "--port", str(p), "--log-level", "warning", *serve),
@@ -204,10 +256,11 @@ def run_strategy(args, strategy: str) -> dict:
         for process, url in zip(replicas, urls, strict=True):  # loading in parallel
             start_wait(process, f"{url}/health")
         port = free_port()
+        tokenizer = [] if args.token_ids else ["--tokenizer", model]
         router = start(
             fleetlm(
                 "router", "--replicas", ",".join(urls), "--port", str(port),
-                "--strategy", strategy, "--tokenizer", model, "--log-level", "warning",
+                "--strategy", strategy, "--log-level", "warning", *tokenizer,
             ),
             f"http://127.0.0.1:{port}/health",
         )  # fmt: skip

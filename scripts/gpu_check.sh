@@ -3,7 +3,8 @@
 #
 #   scripts/gpu_check.sh [stage ...]      (default: every stage, in this order)
 #
-# Stages: tests micro batch1 batch1eager offline offlinesync hf serve profile correctness.
+# Stages: tests micro batch1 batch1eager offline offlinesync hf serve profile correctness
+# (and router, not in the default list: three engine replicas behind the router).
 # fleetlm is installed without dependencies (the machine has torch, triton, transformers);
 # wheels it lacks travel in .whl/. Every stage writes its JSON and log under $RES, and the
 # whole folder is packed into $OUT/gpu_results.tgz after each stage, so a run cut short still
@@ -114,6 +115,18 @@ stage_profile() {
   python3 benchmarks/profile_step.py --model $MODEL --load-format dummy --num-prompts 64 \
     --max-num-seqs 256 --max-num-batched-tokens 16384 --input-len 512 --output-len 16 \
     --window prefill --profile-steps 2 --output "$RES/profile_llama8b_prefill_16384.json"
+}
+
+stage_router() {
+  # Three replicas of the 8B architecture (random weights) share the GPU, each with a fixed
+  # 800-block KV cache (12800 tokens: the 8 system prompts of 1024 tokens fit across three
+  # caches, not in each); 8 system prompts x 40 users x 3 turns, 16 users at a time.
+  python3 benchmarks/router_bench.py prefix --token-ids --model $MODEL \
+    --serve-args "--load-format dummy --max-model-len 2048 --num-gpu-blocks-override 800" \
+    --systems 8 --users 40 --turns 3 --system-tokens 1024 --max-tokens 32 --concurrency 16 \
+    --output "$RES/router_prefix_8x40x3.json"
+  python3 benchmarks/router_bench.py overhead --rate 200 --duration 20 \
+    --output "$RES/router_overhead_200rps.json"
 }
 
 stage_correctness() {
