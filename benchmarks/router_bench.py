@@ -69,6 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--max-tokens random ids; the router hashes the ids",
     )
     prefix.add_argument("--system-tokens", type=int, default=1024)
+    prefix.add_argument(
+        "--start-one-at-a-time",
+        action="store_true",
+        help="start each replica once the previous one is ready (replicas sharing one GPU)",
+    )
     prefix.add_argument("--seed", type=int, default=0)
     prefix.add_argument("--output", default=None)
     overhead = modes.add_parser("overhead", help="the router's added latency")
@@ -243,17 +248,16 @@ def run_strategy(args, strategy: str) -> dict:
     serve = [*args.serve_args.split()]
     if not args.token_ids:
         serve += ["--cpu-kv-cache-gib", str(args.kv_cache_gib)]
-    replicas = [
-        subprocess.Popen(
-            fleetlm("serve", model, "--port", str(p), "--log-level", "warning", *serve),
-            start_new_session=True,
-        )
-        for p in ports
-    ]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
+    replicas: list[subprocess.Popen] = []
     router = None
     try:
-        for process, url in zip(replicas, urls, strict=True):  # loading in parallel
+        for port, url in zip(ports, urls, strict=True):
+            command = fleetlm("serve", model, "--port", str(port), "--log-level", "warning")
+            replicas.append(subprocess.Popen([*command, *serve], start_new_session=True))
+            if args.start_one_at_a_time:
+                start_wait(replicas[-1], f"{url}/health")
+        for process, url in zip(replicas, urls, strict=True):  # else loading in parallel
             start_wait(process, f"{url}/health")
         port = free_port()
         tokenizer = [] if args.token_ids else ["--tokenizer", model]
