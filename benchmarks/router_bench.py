@@ -70,6 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     prefix.add_argument("--system-tokens", type=int, default=1024)
     prefix.add_argument(
+        "--warmup",
+        action="store_true",
+        help="first a short untimed pass (fills Triton's compile cache: the first replicas "
+        "started on a machine compile kernels on their first requests)",
+    )
+    prefix.add_argument(
         "--start-one-at-a-time",
         action="store_true",
         help="start each replica once the previous one is ready (replicas sharing one GPU)",
@@ -394,6 +400,9 @@ def main(argv=None) -> None:
         fake_backend(args.port)
         return
     if args.mode == "prefix":
+        if args.warmup:
+            warmup = argparse.Namespace(**{**vars(args), "users": args.systems, "turns": 2})
+            run_strategy(warmup, args.strategies.split(",")[0])
         results = {}
         for strategy in args.strategies.split(","):
             results[strategy] = r = run_strategy(args, strategy)

@@ -124,7 +124,7 @@ stage_router() {
   python3 benchmarks/router_bench.py prefix --token-ids --model $MODEL \
     --serve-args "--load-format dummy --max-model-len 2048 --num-gpu-blocks-override 800" \
     --systems 8 --users 40 --turns 3 --system-tokens 1024 --max-tokens 32 --concurrency 16 \
-    --start-one-at-a-time --output "$RES/router_prefix_8x40x3.json"
+    --start-one-at-a-time --warmup --output "$RES/router_prefix_8x40x3.json"
 }
 
 stage_routeroverhead() {
