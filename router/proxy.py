@@ -18,7 +18,7 @@ from fleetlm.router.prefix_sources import CachedPrefixes, SentPrefixes
 from fleetlm.router.prompts import PromptHasher
 from fleetlm.router.rate_limit import RateLimiter, limit_key
 from fleetlm.router.replicas import Replica, ReplicaPool
-from fleetlm.router.routing import RouteRequest, choose
+from fleetlm.router.routing import Decision, RouteRequest, choose
 from fleetlm.router.settings import RouterSettings
 from fleetlm.router.store import RouterStore
 from fleetlm.router.usage import UsageMeter
@@ -57,61 +57,68 @@ class Proxy:
 
     async def forward(self, request: Request, endpoint: str) -> Response:
         key = limit_key(request.headers.get("authorization"))
-        retry_after = await self.limiter.admit(key) if self.limiter.enabled else None
-        if retry_after is not None:
-            self.metrics.requests.labels(endpoint, "429").inc()
-            return error_response(
-                429,
-                "rate limit exceeded for this API key",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(retry_after)},
-            )
+        refusal = await self._rate_limited(key, endpoint)
+        if refusal is not None:
+            return refusal
         body = await request.body()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
         headers["x-request-id"] = request_id
         route = self._route_request(request, endpoint, body)
+        charge = None
+        if self.limiter.tokens_per_minute is not None:
+            charge = _Charge(key, len(route.block_hashes) * self.settings.block_size)
         tried: set[str] = set()
         for attempt in range(self.settings.max_attempts):
-            candidates = [r for r in self.pool.available() if r.url not in tried]
-            if not candidates:
+            decision = await self._choose(route, tried)
+            if decision is None:
                 break
-            in_flight = await self.store.in_flight()  # every router's requests
-            for replica in candidates:
-                replica.in_flight = in_flight.get(replica.url, 0)
-            decision = choose(
-                self.settings,
-                candidates,
-                route,
-                await self.prefixes.match(route.block_hashes),
-                next(self.counter),
-            )
-            replica = decision.replica
-            tried.add(replica.url)
+            tried.add(decision.replica.url)
             if attempt:
                 self.metrics.retries.inc()
-            meter = None
-            if self.limiter.tokens_per_minute is not None:
-                meter = _Charge(key, len(route.block_hashes) * self.settings.block_size)
             try:
-                response = await self._send(replica, endpoint, body, headers, meter)
+                response = await self._send(decision.replica, endpoint, body, headers, charge)
             except UpstreamFailed as e:
-                logger.warning("request %s failed on %s: %s", request_id, replica.url, e)
+                logger.warning("request %s failed on %s: %s", request_id, decision.replica.url, e)
                 continue
-            self.metrics.decisions.labels(decision.reason).inc()
-            if route.block_hashes and response.status_code < 400:
-                await self.prefixes.record(replica.url, route.block_hashes)
-                self.metrics.routed_prompt_tokens.inc(
-                    len(route.block_hashes) * self.settings.block_size
-                )
-                self.metrics.predicted_hit_tokens.inc(
-                    decision.matched_blocks * self.settings.block_size
-                )
+            await self._record(decision, route, response.status_code)
             response.headers["x-request-id"] = request_id
             self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
             return response
         self.metrics.requests.labels(endpoint, "503").inc()
         return error_response(503, "no engine replica is available", code="no_replica")
+
+    async def _rate_limited(self, key: str, endpoint: str) -> Response | None:
+        retry_after = await self.limiter.admit(key) if self.limiter.enabled else None
+        if retry_after is None:
+            return None
+        self.metrics.requests.labels(endpoint, "429").inc()
+        return error_response(
+            429,
+            "rate limit exceeded for this API key",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def _choose(self, route: RouteRequest, tried: set[str]) -> Decision | None:
+        """The replica for the next attempt, among those in rotation not tried yet."""
+        candidates = [r for r in self.pool.available() if r.url not in tried]
+        if not candidates:
+            return None
+        in_flight = await self.store.in_flight()  # every router's requests
+        for replica in candidates:
+            replica.in_flight = in_flight.get(replica.url, 0)
+        matches = await self.prefixes.match(route.block_hashes)
+        return choose(self.settings, candidates, route, matches, next(self.counter))
+
+    async def _record(self, decision: Decision, route: RouteRequest, status: int) -> None:
+        self.metrics.decisions.labels(decision.reason).inc()
+        if not route.block_hashes or status >= 400:
+            return
+        await self.prefixes.record(decision.replica.url, route.block_hashes)
+        block_size = self.settings.block_size
+        self.metrics.routed_prompt_tokens.inc(len(route.block_hashes) * block_size)
+        self.metrics.predicted_hit_tokens.inc(decision.matched_blocks * block_size)
 
     def _route_request(self, request: Request, endpoint: str, body: bytes) -> RouteRequest:
         try:

@@ -24,7 +24,7 @@ from fleetlm.router import discovery_k8s
 from fleetlm.router.discovery_k8s import KubernetesDiscovery, matches
 from tests.engine.entrypoints.openai.server_process import free_port
 
-from .router_process import RouterProcess
+from .helpers import RouterProcess
 
 NAMESPACE = "fleet"
 SELECTOR = "app.kubernetes.io/component=engine"

@@ -11,7 +11,7 @@ import pytest
 
 from tests.engine.entrypoints.openai.server_process import ServerProcess, free_port
 
-from .router_process import RouterProcess
+from .helpers import RouterProcess, client_for, prefix_hits, wait_for_a_fresh_minute
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2"
@@ -31,19 +31,6 @@ def replicas(smollm2_dir):
     finally:
         for server in servers:
             server.stop()
-
-
-def client_for(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-
-
-def prefix_hits(replica: ServerProcess) -> float:
-    text = httpx.get(f"{replica.url}/metrics", timeout=5).text
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("vllm:prefix_cache_hits")
-    )
 
 
 def test_completions_and_chat_pass_through_streaming_and_not(replicas, smollm2_dir):
@@ -84,7 +71,7 @@ def test_prefix_aware_placement_sends_a_shared_prefix_to_one_replica(replicas, s
     ]
     with RouterProcess([r.url for r in replicas], "--tokenizer", str(smollm2_dir)) as router:
         client = client_for(router.url)
-        before = [prefix_hits(r) for r in replicas]
+        before = [prefix_hits(r.url) for r in replicas]
         for user in range(3):
             for system in systems:
                 client.chat.completions.create(
@@ -96,7 +83,7 @@ def test_prefix_aware_placement_sends_a_shared_prefix_to_one_replica(replicas, s
                     max_tokens=2,
                     temperature=0,
                 )
-        gained = [prefix_hits(r) - b for r, b in zip(replicas, before, strict=True)]
+        gained = [prefix_hits(r.url) - b for r, b in zip(replicas, before, strict=True)]
         prompt_tokens = client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "system", "content": systems[0]}],
@@ -206,10 +193,3 @@ def test_rate_limits_per_api_key(replicas):
         assert answer.usage.total_tokens >= 40
         with pytest.raises(openai.RateLimitError):
             client.completions.create(model=MODEL, prompt="Again", max_tokens=1)
-
-
-def wait_for_a_fresh_minute() -> None:
-    """Rate windows are wall-clock minutes: start well inside one, so the test's requests
-    share a window."""
-    while time.time() % 60 > 50:
-        time.sleep(0.5)

@@ -5,7 +5,6 @@ killed and restarted mid-run."""
 import time
 
 import httpx
-import openai
 import pytest
 import redis
 
@@ -13,29 +12,29 @@ from fleetlm.engine.core.kv_events import blocks_key, stream_key
 from tests.engine.entrypoints.openai.server_process import ServerProcess
 from tests.redis_server import RedisServer
 
-from .router_process import RouterProcess
+from .helpers import RouterProcess, client_for, prefix_hits, wait_for_a_fresh_minute
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2"
 
 
 @pytest.fixture(scope="module")
-def redis_url():
+def shared_redis():
     server = RedisServer().start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def replicas(smollm2_dir, redis_url):
+def replicas(smollm2_dir, shared_redis):
     # 0.05 GiB of KV cache: ~70 blocks of 16 tokens, so distinct prompts evict each other.
     servers = [
         ServerProcess(
             smollm2_dir,
             "--served-model-name", MODEL,
             "--cpu-kv-cache-gib", "0.05",
-            "--kv-events-redis-url", redis_url.url,
-            "--register-redis-url", redis_url.url,
+            "--kv-events-redis-url", shared_redis.url,
+            "--register-redis-url", shared_redis.url,
         )
         for _ in range(3)
     ]  # fmt: skip
@@ -48,19 +47,6 @@ def replicas(smollm2_dir, redis_url):
     finally:
         for server in servers:
             server.stop()
-
-
-def client_for(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-
-
-def prefix_hits(replica: ServerProcess) -> float:
-    text = httpx.get(f"{replica.url}/metrics", timeout=5).text
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("vllm:prefix_cache_hits")
-    )
 
 
 def held_in_redis(client: redis.Redis, replica: str) -> int:
@@ -77,12 +63,12 @@ def ask(url: str, system: str, question: str) -> None:
 
 
 def test_the_event_index_follows_the_engines_caches_through_evictions(
-    replicas, redis_url, smollm2_dir
+    replicas, shared_redis, smollm2_dir
 ):
     urls = [r.url for r in replicas]
-    client = redis.Redis.from_url(redis_url.url)
+    client = redis.Redis.from_url(shared_redis.url)
     with RouterProcess(
-        urls, "--tokenizer", str(smollm2_dir), "--redis-url", redis_url.url
+        urls, "--tokenizer", str(smollm2_dir), "--redis-url", shared_redis.url
     ) as router:
         assert httpx.get(f"{router.url}/admin/replicas").json()["prefix_source"] == "kv_events"
         for i in range(24):  # 24 distinct prompts of ~10 blocks over ~3 x 70 blocks
@@ -103,40 +89,40 @@ def test_the_event_index_follows_the_engines_caches_through_evictions(
         system = "You are a careful assistant. " * 15
         ask(router.url, system, "First question?")
         time.sleep(0.5)  # its stored event reaches the router
-        before = sum(prefix_hits(r) for r in replicas)
+        before = sum(prefix_hits(r.url) for r in replicas)
         ask(router.url, system, "Second question?")
-        assert sum(prefix_hits(r) for r in replicas) - before >= 5 * 16
+        assert sum(prefix_hits(r.url) for r in replicas) - before >= 5 * 16
 
 
-def test_two_routers_on_one_redis_choose_the_same_replica(replicas, redis_url, smollm2_dir):
+def test_two_routers_on_one_redis_choose_the_same_replica(replicas, shared_redis, smollm2_dir):
     """Without KV events (placements shared through Redis) and with them."""
     urls = [r.url for r in replicas]
     for mode in ("--no-kv-events", "--kv-events"):
-        common = ["--tokenizer", str(smollm2_dir), "--redis-url", redis_url.url, mode]
+        common = ["--tokenizer", str(smollm2_dir), "--redis-url", shared_redis.url, mode]
         with RouterProcess(urls, *common) as first, RouterProcess(urls, *common) as second:
             for i in range(3):
                 system = f"[{mode} {i}] You are assistant {i}; be brief. " * 12
                 ask(first.url, system, "Hello?")
                 time.sleep(0.5)  # the engine's events reach the second router
-                before = sum(prefix_hits(r) for r in replicas)
+                before = sum(prefix_hits(r.url) for r in replicas)
                 ask(second.url, system, "And again?")
-                gained = sum(prefix_hits(r) for r in replicas) - before
+                gained = sum(prefix_hits(r.url) for r in replicas) - before
                 assert gained >= 5 * 16, f"{mode}: the second router missed the cached prefix"
 
 
-def test_redis_killed_and_restarted_mid_run_costs_no_request(replicas, redis_url, smollm2_dir):
+def test_redis_killed_and_restarted_mid_run_costs_no_request(replicas, shared_redis, smollm2_dir):
     urls = [r.url for r in replicas]
-    client = redis.Redis.from_url(redis_url.url)
+    client = redis.Redis.from_url(shared_redis.url)
     with RouterProcess(
-        urls, "--tokenizer", str(smollm2_dir), "--redis-url", redis_url.url
+        urls, "--tokenizer", str(smollm2_dir), "--redis-url", shared_redis.url
     ) as router:
         ask(router.url, "Warm up. " * 20, "Hi")
-        redis_url.stop()
+        shared_redis.stop()
         try:
             for i in range(6):  # every request still answered (from the router's local view)
                 ask(router.url, f"During the outage {i}. " * 10, "Hi")
         finally:
-            redis_url.start()  # empty: engines and routers re-sync into it
+            shared_redis.start()  # empty: engines and routers re-sync into it
         metrics = httpx.get(f"{router.url}/metrics").text
         failures = next(
             float(line.split()[-1])
@@ -154,9 +140,9 @@ def test_redis_killed_and_restarted_mid_run_costs_no_request(replicas, redis_url
         )
 
 
-def test_two_routers_share_one_request_budget(replicas, redis_url):
+def test_two_routers_share_one_request_budget(replicas, shared_redis):
     urls = [r.url for r in replicas]
-    common = ["--redis-url", redis_url.url, "--requests-per-minute", "3"]
+    common = ["--redis-url", shared_redis.url, "--requests-per-minute", "3"]
     with RouterProcess(urls, *common) as first, RouterProcess(urls, *common) as second:
         wait_for_a_fresh_minute()
         body = {"model": MODEL, "prompt": "Hi", "max_tokens": 1}
@@ -168,19 +154,12 @@ def test_two_routers_share_one_request_budget(replicas, redis_url):
     assert codes == [200, 200, 200, 429]
 
 
-def wait_for_a_fresh_minute() -> None:
-    """Rate windows are wall-clock minutes: start well inside one, so the test's requests
-    share a window."""
-    while time.time() % 60 > 50:
-        time.sleep(0.5)
-
-
-def test_discovery_of_replicas_registered_in_redis(replicas, redis_url, smollm2_dir):
+def test_discovery_of_replicas_registered_in_redis(replicas, shared_redis, smollm2_dir):
     """Engines register themselves; a draining one leaves the registry and the router."""
     extra = ServerProcess(
-        smollm2_dir, "--served-model-name", MODEL, "--register-redis-url", redis_url.url
+        smollm2_dir, "--served-model-name", MODEL, "--register-redis-url", shared_redis.url
     )
-    with RouterProcess([], "--discover", "redis", "--redis-url", redis_url.url) as router:
+    with RouterProcess([], "--discover", "redis", "--redis-url", shared_redis.url) as router:
         router.wait_for(lambda state: set(state) == {r.url for r in replicas})
         with extra:
             router.wait_for(lambda state: extra.url in state)

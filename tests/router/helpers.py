@@ -1,4 +1,5 @@
-"""Starting and stopping a real `fleetlm router` process for the tests."""
+"""For the router's end-to-end tests: a real `fleetlm router` process, and small probes of
+the replicas."""
 
 import os
 import signal
@@ -7,6 +8,7 @@ import sys
 import time
 
 import httpx
+import openai
 
 from tests.engine.entrypoints.openai.server_process import free_port
 
@@ -68,3 +70,24 @@ class RouterProcess:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"router state never matched: {self.replicas()}")
             time.sleep(0.1)
+
+
+def client_for(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def prefix_hits(url: str) -> float:
+    """The replica's own prefix-cache hits (tokens), from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("vllm:prefix_cache_hits")
+    )
+
+
+def wait_for_a_fresh_minute() -> None:
+    """Rate windows are wall-clock minutes: start well inside one, so the test's requests
+    share a window."""
+    while time.time() % 60 > 50:
+        time.sleep(0.5)
