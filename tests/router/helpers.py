@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import openai
 
-from tests.engine.entrypoints.openai.server_process import free_port
+from tests.engine.entrypoints.openai.server_process import ServerProcess, free_port
 
 
 class RouterProcess:
@@ -91,3 +93,17 @@ def wait_for_a_fresh_minute() -> None:
     share a window."""
     while time.time() % 60 > 50:
         time.sleep(0.5)
+
+
+@contextmanager
+def running(servers: list[ServerProcess]) -> Iterator[list[ServerProcess]]:
+    """The servers started together (they load in parallel), stopped at the end."""
+    for server in servers:
+        server.start()
+    try:
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

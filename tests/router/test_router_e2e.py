@@ -11,7 +11,7 @@ import pytest
 
 from tests.engine.entrypoints.openai.server_process import ServerProcess, free_port
 
-from .helpers import RouterProcess, client_for, prefix_hits, wait_for_a_fresh_minute
+from .helpers import RouterProcess, client_for, prefix_hits, running, wait_for_a_fresh_minute
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2"
@@ -22,15 +22,8 @@ def replicas(smollm2_dir):
     servers = [
         ServerProcess(smollm2_dir, "--served-model-name", MODEL, "--seed", "0") for _ in range(3)
     ]
-    for server in servers:
-        server.start()
-    try:
-        for server in servers:
-            server.wait_ready()
+    with running(servers):
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_completions_and_chat_pass_through_streaming_and_not(replicas, smollm2_dir):

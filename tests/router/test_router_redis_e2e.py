@@ -12,7 +12,7 @@ from fleetlm.engine.core.kv_events import blocks_key, stream_key
 from tests.engine.entrypoints.openai.server_process import ServerProcess
 from tests.redis_server import RedisServer
 
-from .helpers import RouterProcess, client_for, prefix_hits, wait_for_a_fresh_minute
+from .helpers import RouterProcess, client_for, prefix_hits, running, wait_for_a_fresh_minute
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2"
@@ -38,15 +38,8 @@ def replicas(smollm2_dir, shared_redis):
         )
         for _ in range(3)
     ]  # fmt: skip
-    for server in servers:
-        server.start()
-    try:
-        for server in servers:
-            server.wait_ready()
+    with running(servers):
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def held_in_redis(client: redis.Redis, replica: str) -> int:
