@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fleetlm.engine.core.kv_events import DEFAULT_KEY_PREFIX, check_key_prefix
 from fleetlm.engine.core.scheduler import SchedulerConfig
 from fleetlm.engine.model_loader.arch_config import ArchConfig, parse_arch_config
 from fleetlm.engine.model_loader.source import (
@@ -69,6 +70,7 @@ class KVEventsConfig:
 
     redis_url: str
     replica: str  # the name routers know this replica by: the server's advertised URL
+    key_prefix: str = DEFAULT_KEY_PREFIX  # of its keys in Redis (one per model sharing it)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class EngineArgs:
     max_cuda_graph_batch_size: int | None = None  # None: max_num_seqs, at most 512
     kv_events_redis_url: str | None = None  # publish KV-cache events to this Redis (server)
     kv_events_replica: str | None = None  # this replica's name there (its advertised URL)
+    redis_key_prefix: str = DEFAULT_KEY_PREFIX  # of the KV-event keys in that Redis
 
     def create_engine_config(self) -> EngineConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -163,7 +166,11 @@ class EngineArgs:
                 "kv_events_replica (the URL routers reach this replica at) is required "
                 "when kv_events_redis_url is set"
             )
-        return KVEventsConfig(redis_url=self.kv_events_redis_url, replica=self.kv_events_replica)
+        return KVEventsConfig(
+            redis_url=self.kv_events_redis_url,
+            replica=self.kv_events_replica,
+            key_prefix=check_key_prefix(self.redis_key_prefix),
+        )
 
     def _create_model_config(self, device: str) -> ModelConfig:
         from fleetlm.engine.model_loader.default_model import default_model_dir

@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_router_args(router)
     router.set_defaults(handler=_router)
 
+    operator = commands.add_parser(
+        "operator",
+        help="run the Kubernetes operator (InferenceModel resources; docs/operator.md)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_operator_args(operator)
+    operator.set_defaults(handler=_operator)
+
     chat = commands.add_parser("chat", help="answer one message with the model's chat template")
     chat.add_argument("message", help="the user message")
     _add_generation_args(chat)
@@ -122,6 +130,13 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         "(default: http://127.0.0.1:PORT for a loopback or wildcard host, else http://HOST:PORT)",
     )
     server.add_argument(
+        "--redis-key-prefix",
+        type=_key_prefix,
+        default="fleetlm:",
+        help="start of every key this server writes in Redis (KV events, registration); "
+        "one per model sharing a Redis, the same as its routers'",
+    )
+    server.add_argument(
         "--trust-request-chat-template",
         action="store_true",
         help="let requests bring their own chat template (runs sandboxed, but "
@@ -138,6 +153,12 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="weights and activations (auto: float32 on CPU, bfloat16 on CUDA)",
     )
     engine.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    engine.add_argument(
+        "--quantization",
+        default="none",
+        choices=["none", "fp8", "awq", "gptq", "gguf"],
+        help="gguf: a .gguf model, dequantized at load; fp8, awq, gptq: not supported yet",
+    )
     engine.add_argument(
         "--load-format",
         default="auto",
@@ -198,6 +219,51 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="largest decode batch replayed from a CUDA graph (default: max-num-seqs, <= 512)",
     )
+    _add_parallel_args(parser)
+
+
+def _add_parallel_args(parser: argparse.ArgumentParser) -> None:
+    """vLLM's flags, so that deployments written for them are well-formed; this engine build
+    runs one device per server and refuses more (`parallel_config_error`)."""
+    parallel = parser.add_argument_group("parallelism")
+    parallel.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=_int_in(1),
+        default=1,
+        metavar="N",
+        help="devices each layer is split over",
+    )
+    parallel.add_argument(
+        "--pipeline-parallel-size",
+        "-pp",
+        type=_int_in(1),
+        default=1,
+        metavar="N",
+        help="stages the layers are split into",
+    )
+    parallel.add_argument(
+        "--data-parallel-size",
+        "-dp",
+        type=_int_in(1),
+        default=1,
+        metavar="N",
+        help="engines in one server",
+    )
+    parallel.add_argument(
+        "--enable-expert-parallel",
+        action="store_true",
+        help="split MoE experts over the tensor x data parallel ranks (none with one device)",
+    )
+    parallel.add_argument("--nnodes", type=_int_in(1), default=1, help="nodes one server spans")
+    parallel.add_argument(
+        "--node-rank", type=_int_in(0), default=0, help="this node's rank (0: the leader)"
+    )
+    parallel.add_argument("--master-addr", default="127.0.0.1", help="the leader's address")
+    parallel.add_argument(
+        "--master-port", type=_int_in(1, 65535), default=29500, help="the leader's port"
+    )
+    parallel.add_argument("--headless", action="store_true", help="a worker rank: no HTTP server")
 
 
 def _add_router_args(parser: argparse.ArgumentParser) -> None:
@@ -252,6 +318,14 @@ def _add_router_args(parser: argparse.ArgumentParser) -> None:
         help="shared state for router replicas (default: $REDIS_URL, else in-process)",
     )
     parser.add_argument(
+        "--redis-key-prefix",
+        type=_key_prefix,
+        default=None,
+        help="start of every key this router reads or writes in Redis; one per model sharing "
+        "a Redis, the same as its engines' (default: $FLEETLM_ROUTER_REDIS_KEY_PREFIX, "
+        "else fleetlm:)",
+    )
+    parser.add_argument(
         "--kv-events",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -279,6 +353,8 @@ def _router(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per proxied request
 
     redis = {"redis_url": args.redis_url} if args.redis_url else {}  # else $REDIS_URL, if set
+    if args.redis_key_prefix is not None:  # else $FLEETLM_ROUTER_REDIS_KEY_PREFIX, if set
+        redis["redis_key_prefix"] = args.redis_key_prefix
     settings = RouterSettings(
         **redis,
         host=args.host,
@@ -312,6 +388,11 @@ def _router(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import os
 
+    error = parallel_config_error(args) or quantization_error(args.quantization, args.model)
+    if error is not None:  # before anything loads
+        print(f"fleetlm serve: error: {error}", file=sys.stderr)
+        return 2
+
     from fleetlm.engine.config import EngineArgs
     from fleetlm.engine.entrypoints.openai.server import run_server
     from fleetlm.engine.entrypoints.openai.settings import ServerSettings
@@ -331,6 +412,7 @@ def _serve(args: argparse.Namespace) -> int:
         trust_request_chat_template=args.trust_request_chat_template,
         register_redis_url=args.register_redis_url,
         advertise_url=advertise,
+        redis_key_prefix=args.redis_key_prefix,
     )
     engine_args = EngineArgs(
         model=args.model,
@@ -353,9 +435,85 @@ def _serve(args: argparse.Namespace) -> int:
         max_cuda_graph_batch_size=args.max_cuda_graph_batch_size,
         kv_events_redis_url=args.kv_events_redis_url,
         kv_events_replica=advertise,
+        redis_key_prefix=args.redis_key_prefix,
     )
     run_server(settings, engine_args)
     return 0
+
+
+ONE_DEVICE = (
+    "this engine build runs one device per server; tensor / pipeline / data / expert "
+    "parallelism across devices is not implemented yet"
+)
+
+
+def parallel_config_error(args: argparse.Namespace) -> str | None:
+    """Why the parallelism flags cannot be served, or None. Anything needing more than one
+    device or process is refused. Expert parallelism alone is accepted, as vLLM does: over
+    tensor x data = 1 rank there is nothing to split."""
+    if args.node_rank >= args.nnodes:
+        return f"--node-rank {args.node_rank} must be below --nnodes {args.nnodes}"
+    sizes = {
+        "--tensor-parallel-size": args.tensor_parallel_size,
+        "--pipeline-parallel-size": args.pipeline_parallel_size,
+        "--data-parallel-size": args.data_parallel_size,
+        "--nnodes": args.nnodes,
+    }
+    for flag, size in sizes.items():
+        if size > 1:
+            return f"{flag} {size}: {ONE_DEVICE}"
+    if args.headless:
+        return f"--headless (a worker rank of a multi-node server): {ONE_DEVICE}"
+    return None
+
+
+def quantization_error(quantization: str, model: str | None) -> str | None:
+    """Why `--quantization` cannot be served with `model`, or None. The engine dequantizes
+    GGUF weights at load; it has no kernels for other quantized formats."""
+    if quantization == "none":
+        return None
+    if quantization != "gguf":
+        return (
+            f"--quantization {quantization} is not supported yet: this engine build serves "
+            "unquantized weights and GGUF files (dequantized at load)"
+        )
+    if model is not None and _is_gguf_model(Path(model)):
+        return None
+    return (
+        "--quantization gguf needs a .gguf file (or a directory holding one and no "
+        f"config.json), got {model or 'the bundled model directory'}; a directory written by "
+        "`fleetlm convert-gguf` holds dequantized weights: serve it with --quantization none"
+    )
+
+
+def _is_gguf_model(path: Path) -> bool:
+    """Whether the engine reads `path` as GGUF (see `model_loader/source.py`)."""
+    if path.is_dir():
+        return not (path / "config.json").is_file() and any(path.glob("*.gguf"))
+    return path.suffix == ".gguf"
+
+
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an int in [low, high]."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its "invalid int value" error
+    return parse
+
+
+def _key_prefix(text: str) -> str:
+    from fleetlm.engine.core.kv_events import check_key_prefix
+
+    try:
+        return check_key_prefix(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def advertise_url(url: str | None, host: str, port: int) -> str:
@@ -368,6 +526,34 @@ def advertise_url(url: str | None, host: str, port: int) -> str:
             host = f"[{host}]"
         url = f"http://{host}:{port}"
     return url.rstrip("/")
+
+
+def _add_operator_args(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch InferenceModels in this namespace (may be repeated)",
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)"
+    )
+    parser.add_argument(
+        "--liveness",
+        default=None,
+        help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz",
+    )
+
+
+def _operator(args: argparse.Namespace) -> int:
+    """Images, Redis and router defaults come from $FLEETLM_OPERATOR_* (OperatorSettings)."""
+    from fleetlm.operator.main import run
+    from fleetlm.operator.settings import OperatorSettings
+
+    run(OperatorSettings(), namespaces=args.namespace, liveness_endpoint=args.liveness)
+    return 0
 
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:

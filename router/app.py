@@ -44,6 +44,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
                 settings.router_id,
                 prefix_capacity=settings.prefix_index_size,
                 prefix_ttl_s=settings.prefix_ttl_s,
+                key_prefix=settings.redis_key_prefix,
             )
             stack.push_async_callback(store.close)
             discoverers = [store.registered_replicas] if settings.discover_redis else []
@@ -84,7 +85,9 @@ def create_app(settings: RouterSettings) -> FastAPI:
                 redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0)
                 stack.push_async_callback(redis_client.aclose)
                 # exact: it mirrors the engines' caches, which bound its size
-                follower = KVEventFollower(redis_client, PrefixIndex(capacity=2**62))
+                follower = KVEventFollower(
+                    redis_client, PrefixIndex(capacity=2**62), settings.redis_key_prefix
+                )
                 prefixes = CachedPrefixes(follower.index)
                 tasks.append(follower.run(lambda: list(pool.replicas)))
             app.state.pool, app.state.metrics, app.state.client = pool, metrics, client

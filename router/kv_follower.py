@@ -1,7 +1,8 @@
 """The router's exact view of the replicas' prefix caches, following their KV-cache events.
 
 NOTE: for each replica the follower reads the id of the last event, then the replica's block
-set (`kv_events.blocks_key`), then every event after that id in order (`kv_events.stream_key`).
+set (`kv_events.blocks_key`), then every event after that id in order (`kv_events.stream_key`),
+both under the key prefix the engines publish with.
 Events are set operations, so replaying ones the snapshot already reflects leaves the same
 set. The follower counts the events it has seen (Redis counts those ever added to a stream:
 `entries-added`); when the stream no longer holds the next one (trimmed), when the stream was
@@ -14,7 +15,7 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from fleetlm.engine.core.kv_events import KVEvent, blocks_key, stream_key
+from fleetlm.engine.core.kv_events import DEFAULT_KEY_PREFIX, KVEvent, blocks_key, stream_key
 from fleetlm.router.prefix_index import PrefixIndex
 
 logger = logging.getLogger(__name__)
@@ -23,9 +24,12 @@ READ_COUNT = 1000  # events read per stream per round
 
 
 class KVEventFollower:
-    def __init__(self, client: aioredis.Redis, index: PrefixIndex) -> None:
+    def __init__(
+        self, client: aioredis.Redis, index: PrefixIndex, key_prefix: str = DEFAULT_KEY_PREFIX
+    ) -> None:
         self.client = client
         self.index = index
+        self.key_prefix = key_prefix
         # replica -> (id of the last event applied, how many events the stream had by then)
         self.positions: dict[str, tuple[str, int]] = {}
         self.num_failures = 0
@@ -33,7 +37,7 @@ class KVEventFollower:
     async def load(self, replica: str) -> None:
         """Snapshot of the replica's blocks, and the stream position it corresponds to."""
         info = await self._stream_info(replica)
-        members = await self.client.smembers(blocks_key(replica))
+        members = await self.client.smembers(blocks_key(replica, self.key_prefix))
         self.index.drop_replica(replica)
         self.index.insert(replica, [bytes.fromhex(_text(h)) for h in members])
         self.positions[replica] = (
@@ -52,9 +56,9 @@ class KVEventFollower:
         if not replicas:
             await asyncio.sleep(block_ms / 1e3)
             return 0
-        streams = {stream_key(r): self.positions[r][0] for r in replicas}
+        by_stream = {self._stream_key(r): r for r in replicas}
+        streams = {key: self.positions[r][0] for key, r in by_stream.items()}
         answer = await self.client.xread(streams, count=READ_COUNT, block=block_ms)
-        by_stream = {stream_key(r): r for r in replicas}
         num_applied = 0
         for key, entries in answer or []:
             replica = by_stream[_text(key)]
@@ -81,7 +85,7 @@ class KVEventFollower:
         """Reload replicas whose stream lost events we had not read, or was recreated."""
         async with self.client.pipeline(transaction=False) as pipe:
             for replica in replicas:
-                pipe.xinfo_stream(stream_key(replica))
+                pipe.xinfo_stream(self._stream_key(replica))
             infos = await pipe.execute(raise_on_error=False)
         for replica, info in zip(replicas, infos, strict=True):
             position, num_seen = self.positions[replica]
@@ -97,9 +101,12 @@ class KVEventFollower:
 
     async def _stream_info(self, replica: str) -> dict | None:
         try:
-            return await self.client.xinfo_stream(stream_key(replica))
+            return await self.client.xinfo_stream(self._stream_key(replica))
         except ResponseError:  # no such stream yet
             return None
+
+    def _stream_key(self, replica: str) -> str:
+        return stream_key(replica, self.key_prefix)
 
     def _apply(self, replica: str, event: KVEvent) -> None:
         if event.type == "stored":

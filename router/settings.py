@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleetlm.engine.core.kv_events import DEFAULT_KEY_PREFIX, check_key_prefix
+
 Strategy = Literal["prefix", "round_robin", "least_load", "session"]
 
 
@@ -34,6 +36,9 @@ class RouterSettings(BaseSettings):
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("redis_url", "FLEETLM_ROUTER_REDIS_URL", "REDIS_URL")
     )
+    # Every key this router reads or writes in Redis starts with it: the routers and engines
+    # of one model share a prefix, and models sharing a Redis each have their own.
+    redis_key_prefix: str = DEFAULT_KEY_PREFIX
     router_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     # With Redis: follow the engines' KV-cache events (engines started with
     # --kv-events-redis-url) for an exact prefix view; otherwise remember where prompts went.
@@ -71,6 +76,11 @@ class RouterSettings(BaseSettings):
         if not self.replicas and not self.discover_redis and not self.discover_kubernetes:
             raise ValueError("no replicas: give a list, or discover them in Redis or Kubernetes")
         return self
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _check_key_prefix(cls, value: str) -> str:
+        return check_key_prefix(value)
 
     @field_validator("replicas", mode="before")
     @classmethod

@@ -1,21 +1,26 @@
 """The router's shared state behind one async interface: in Redis when a URL is configured, so
 that router replicas sharing it make the same decisions, otherwise in-process.
 
-NOTE: the Redis key layout (every key under `fleetlm:`; URLs and router ids are stored as-is):
-- `fleetlm:router:{router_id}:inflight`: hash, replica URL -> requests this router has open on
+NOTE: the Redis key layout. Every key starts with the key prefix P (`--redis-key-prefix`,
+default `fleetlm:`): routers and engines of one model share a prefix, other models on the same
+Redis use others and never see these keys. URLs and router ids are stored as-is.
+- `{P}router:{router_id}:inflight`: hash, replica URL -> requests this router has open on
   it. Its TTL (`inflight_ttl_s`) is re-set on every write and at `heartbeat()`, so a dead
   router's counts expire with it.
-- `fleetlm:routers`: sorted set of router ids scored by their hash's expiry (wall clock). It
+- `{P}routers`: sorted set of router ids scored by their hash's expiry (wall clock). It
   only indexes the hashes to sum (no SCAN over the keyspace); the hash's own TTL is what
   counts, and members are pruned one TTL after their score, so clock skew between routers
   never drops a live router's counts.
-- `fleetlm:prefix:{block hash hex}`: set of the replica URLs a prompt with that block was
+- `{P}prefix:{block hash hex}`: set of the replica URLs a prompt with that block was
   sent to, with a TTL (`prefix_ttl_s`) refreshed on record and on match: an approximate LRU.
-- `fleetlm:rate:{key}:{window index}`: fixed-window counter (INCRBY), expiring after two
+- `{P}rate:{key}:{window index}`: fixed-window counter (INCRBY), expiring after two
   windows; window index = wall-clock seconds // window_s.
-- `fleetlm:replicas`: sorted set of engine replica URLs scored by their registration's
-  expiry (wall clock). A sorted set rather than one key per replica: listing the live ones is
-  one ZRANGEBYSCORE, and expired ones are dropped with ZREMRANGEBYSCORE, no SCAN.
+- `{P}replicas` (`kv_events.replicas_key`): sorted set of engine replica URLs scored by their
+  registration's expiry (wall clock). A sorted set rather than one key per replica: listing
+  the live ones is one ZRANGEBYSCORE, and expired ones are dropped with ZREMRANGEBYSCORE, no
+  SCAN.
+- `{P}kv:{replica}:blocks`, `{P}kv:{replica}:events`: the engines' KV-cache events, read by
+  `kv_follower.py` (layout in `engine/core/kv_events.py`).
 
 A Redis outage never fails the router: `ResilientStore` serves from its in-process mirror
 (`MemoryStore`), counts the outage, and pushes its own state back when Redis returns. What it
@@ -35,7 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from fleetlm.engine.core.kv_events import REPLICAS_KEY  # engines register there themselves
+from fleetlm.engine.core.kv_events import DEFAULT_KEY_PREFIX, replicas_key
 from fleetlm.router.prefix_index import PrefixIndex
 
 logger = logging.getLogger(__name__)
@@ -43,7 +48,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], float]
 
-ROUTERS_KEY = "fleetlm:routers"
 # Errors that mean "Redis is not answering": redis-py wraps socket errors in its own, but a
 # raw OSError (or TimeoutError, a subclass) must not reach the caller either.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
@@ -154,10 +158,14 @@ class RedisStore:
         inflight_ttl_s: float = 30.0,
         prefix_ttl_s: float = 3600.0,
         socket_timeout_s: float = 0.5,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
         clock: Clock = time.time,
     ) -> None:
         self.router_id = router_id
-        self.inflight_key = f"fleetlm:router:{router_id}:inflight"
+        self.key_prefix = key_prefix
+        self.inflight_key = self._inflight_key(router_id)
+        self.routers_key = f"{key_prefix}routers"
+        self.replicas_key = replicas_key(key_prefix)
         self.inflight_ttl_ms = int(inflight_ttl_s * 1000)
         self.prefix_ttl_ms = int(prefix_ttl_s * 1000)
         self.clock = clock
@@ -174,11 +182,20 @@ class RedisStore:
     def _pipeline(self):
         return self.client.pipeline(transaction=False)
 
+    def _inflight_key(self, router_id: str) -> str:
+        return f"{self.key_prefix}router:{router_id}:inflight"
+
+    def prefix_key(self, block_hash: bytes) -> str:
+        return f"{self.key_prefix}prefix:{block_hash.hex()}"
+
+    def window_key(self, key: str, window: int) -> str:
+        return f"{self.key_prefix}rate:{key}:{window}"
+
     def _touch_router(self, pipe) -> None:
         """Queues the refresh of this router's in-flight hash TTL and its index entry."""
         pipe.pexpire(self.inflight_key, self.inflight_ttl_ms)
         expiry = self.clock() + self.inflight_ttl_ms / 1000
-        pipe.zadd(ROUTERS_KEY, {self.router_id: expiry})
+        pipe.zadd(self.routers_key, {self.router_id: expiry})
 
     async def add_in_flight(self, replica: str, delta: int) -> None:
         async with self._pipeline() as pipe:
@@ -199,24 +216,20 @@ class RedisStore:
         """Two round trips: the live routers, then all their hashes."""
         grace = self.inflight_ttl_ms / 1000
         async with self._pipeline() as pipe:
-            pipe.zremrangebyscore(ROUTERS_KEY, "-inf", f"({self.clock() - grace}")
-            pipe.zrange(ROUTERS_KEY, 0, -1)
+            pipe.zremrangebyscore(self.routers_key, "-inf", f"({self.clock() - grace}")
+            pipe.zrange(self.routers_key, 0, -1)
             _, routers = await pipe.execute()
         if not routers:
             return {}
         async with self._pipeline() as pipe:
             for router_id in routers:
-                pipe.hgetall(f"fleetlm:router:{router_id}:inflight")
+                pipe.hgetall(self._inflight_key(router_id))
             hashes = await pipe.execute()
         totals: dict[str, int] = {}
         for counts in hashes:
             for replica, n in counts.items():
                 totals[replica] = totals.get(replica, 0) + int(n)
         return {replica: n for replica, n in totals.items() if n}
-
-    @staticmethod
-    def prefix_key(block_hash: bytes) -> str:
-        return f"fleetlm:prefix:{block_hash.hex()}"
 
     async def record_prefix(self, replica: str, block_hashes: list[bytes]) -> None:
         await self.record_prefixes([(replica, block_hashes)])
@@ -245,7 +258,7 @@ class RedisStore:
         return leading_matches(replies[::2])
 
     async def incr_window(self, key: str, amount: int, window_s: int) -> int:
-        window_key = f"fleetlm:rate:{key}:{int(self.clock() // window_s)}"
+        window_key = self.window_key(key, int(self.clock() // window_s))
         async with self._pipeline() as pipe:
             pipe.incrby(window_key, amount)
             pipe.expire(window_key, window_s * 2)
@@ -253,13 +266,13 @@ class RedisStore:
         return int(total)
 
     async def register_replica(self, url: str, ttl_s: float) -> None:
-        await self.client.zadd(REPLICAS_KEY, {url: self.clock() + ttl_s})
+        await self.client.zadd(self.replicas_key, {url: self.clock() + ttl_s})
 
     async def registered_replicas(self) -> list[str]:
         now = self.clock()
         async with self._pipeline() as pipe:
-            pipe.zremrangebyscore(REPLICAS_KEY, "-inf", now)
-            pipe.zrangebyscore(REPLICAS_KEY, f"({now}", "+inf")
+            pipe.zremrangebyscore(self.replicas_key, "-inf", now)
+            pipe.zrangebyscore(self.replicas_key, f"({now}", "+inf")
             _, urls = await pipe.execute()
         return sorted(urls)
 
@@ -394,10 +407,13 @@ def create_store(
     *,
     prefix_capacity: int = 200_000,
     prefix_ttl_s: float = 3600.0,
+    key_prefix: str = DEFAULT_KEY_PREFIX,
 ) -> RouterStore:
-    """Redis with an in-process fallback when a URL is given; in-process only otherwise."""
+    """Redis (keys under `key_prefix`) with an in-process fallback when a URL is given;
+    in-process only otherwise."""
     # Wall-clock windows, as in Redis: the rate limiter computes Retry-After from the same clock.
     local = MemoryStore(prefix_capacity, clock=time.time)
     if not redis_url:
         return local
-    return ResilientStore(RedisStore(redis_url, router_id, prefix_ttl_s=prefix_ttl_s), local)
+    redis = RedisStore(redis_url, router_id, prefix_ttl_s=prefix_ttl_s, key_prefix=key_prefix)
+    return ResilientStore(redis, local)

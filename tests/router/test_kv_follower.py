@@ -5,6 +5,7 @@ import asyncio
 import redis
 import redis.asyncio as aioredis
 
+from fleetlm.engine.core.kv_event_publisher import KVEventPublisher
 from fleetlm.engine.core.kv_events import KVEvent, blocks_key, stream_key
 from fleetlm.router.kv_follower import KVEventFollower
 from fleetlm.router.prefix_index import PrefixIndex
@@ -30,8 +31,8 @@ def publish(client: redis.Redis, replica: str, event: KVEvent, maxlen: int | Non
     pipe.execute()
 
 
-def held(client: redis.Redis, replica: str) -> set[bytes]:
-    return {bytes.fromhex(x.decode()) for x in client.smembers(blocks_key(replica))}
+def held(client: redis.Redis, replica: str, prefix: str = "fleetlm:") -> set[bytes]:
+    return {bytes.fromhex(x.decode()) for x in client.smembers(blocks_key(replica, prefix))}
 
 
 def index_view(index: PrefixIndex, replica: str) -> set[bytes]:
@@ -123,5 +124,37 @@ def test_redis_restart_makes_the_follower_reload(redis_server):
             task.cancel()
             assert follower.index.match([h(7)]) == {R1: 1}
             assert follower.index.match([h(1)]) == {}
+
+    run(scenario())
+
+
+def test_models_with_different_key_prefixes_do_not_see_each_others_blocks(redis_server):
+    """Two models' engines publish on one Redis (even under the same replica URL), each under
+    its key prefix; each model's router follows only its own."""
+    prefix_a, prefix_b = "fleetlm:", "fleetlm:team-b.llama:"
+    publisher_a = KVEventPublisher(redis_server.url, R1)  # the default prefix
+    publisher_b = KVEventPublisher(redis_server.url, R1, key_prefix=prefix_b)
+    publisher_a.publish([KVEvent("stored", (h(1), h(2)))])
+    publisher_b.publish([KVEvent("stored", (h(1), h(3)))])
+    publisher_b.publish([KVEvent("removed", (h(1),))])
+    publisher_a.close()
+    publisher_b.close()
+    client = redis.Redis.from_url(redis_server.url)
+    assert held(client, R1, prefix_a) == {h(1), h(2)}
+    assert held(client, R1, prefix_b) == {h(3)}
+
+    async def scenario():
+        async with aioredis.Redis.from_url(redis_server.url) as aclient:
+            follower_a = KVEventFollower(aclient, PrefixIndex(10_000), prefix_a)
+            follower_b = KVEventFollower(aclient, PrefixIndex(10_000), prefix_b)
+            for follower in (follower_a, follower_b):
+                await follower.poll([R1], block_ms=10)
+            assert index_view(follower_a.index, R1) == {h(1), h(2)}
+            assert index_view(follower_b.index, R1) == {h(3)}
+            publish(client, R1, KVEvent("cleared"))  # model A's engine restarts
+            for follower in (follower_a, follower_b):
+                await follower.poll([R1], block_ms=10)
+            assert index_view(follower_a.index, R1) == set()
+            assert index_view(follower_b.index, R1) == {h(3)}
 
     run(scenario())

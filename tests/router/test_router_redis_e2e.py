@@ -158,3 +158,34 @@ def test_discovery_of_replicas_registered_in_redis(replicas, shared_redis, smoll
             router.wait_for(lambda state: extra.url in state)
             ask(router.url, "Discovered. " * 5, "Hi")
         router.wait_for(lambda state: set(state) == {r.url for r in replicas})
+
+
+def test_two_models_on_one_redis_keep_to_their_key_prefix(replicas, shared_redis, smollm2_dir):
+    """A second model's engine and router under their own key prefix: each router discovers
+    and follows only its own model's engines."""
+    prefix = "fleetlm:team-b.other:"
+    url = shared_redis.url
+    other = ServerProcess(
+        smollm2_dir,
+        "--served-model-name", MODEL,
+        "--kv-events-redis-url", url,
+        "--register-redis-url", url,
+        "--redis-key-prefix", prefix,
+    )  # fmt: skip
+    common = ["--discover", "redis", "--redis-url", url, "--tokenizer", str(smollm2_dir)]
+    client = redis.Redis.from_url(url)
+    with (
+        other,
+        RouterProcess([], *common) as router_a,
+        RouterProcess([], *common, "--redis-key-prefix", prefix) as router_b,
+    ):
+        router_b.wait_for(lambda state: set(state) == {other.url})
+        router_a.wait_for(lambda state: set(state) == {r.url for r in replicas})
+        ask(router_b.url, "Only for the other model. " * 20, "Hi")
+        router_b.wait_for(
+            lambda state: (
+                state[other.url]["cached_blocks"] == client.scard(blocks_key(other.url, prefix)) > 0
+            )
+        )
+        assert client.exists(blocks_key(other.url), stream_key(other.url)) == 0
+        assert other.url not in router_a.replicas()

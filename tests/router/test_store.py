@@ -174,12 +174,74 @@ def test_prefix_records_expire_after_their_ttl(redis_server):
     async def scenario(store: RedisStore) -> None:
         await store.record_prefix(RA, [A, B])
         assert await store.match_prefix([A, B]) == {RA: 2}
-        ttl_ms = await store.client.pttl(RedisStore.prefix_key(A))
+        ttl_ms = await store.client.pttl(store.prefix_key(A))
         assert 0 < ttl_ms <= 300
         await asyncio.sleep(0.4)
         assert await store.match_prefix([A, B]) == {}
 
     run(scenario, RedisStore(redis_server.url, "one", prefix_ttl_s=0.3))
+
+
+# --- several models on one Redis: one key prefix each ---------------------------------------
+
+
+def test_default_key_prefix_writes_the_historical_key_names(redis_server):
+    clock = FakeClock(1000.0)
+
+    async def scenario(store: RedisStore) -> None:
+        await store.add_in_flight(RA, 1)
+        await store.record_prefix(RA, [A])
+        await store.incr_window("key-1", 1, window_s=60)
+        await store.register_replica(RB, ttl_s=30)
+        assert set(await store.client.keys("*")) == {
+            "fleetlm:router:router-1:inflight",
+            "fleetlm:routers",
+            f"fleetlm:prefix:{A.hex()}",
+            "fleetlm:rate:key-1:16",  # 1000 s // 60 s
+            "fleetlm:replicas",
+        }
+
+    run(scenario, RedisStore(redis_server.url, "router-1", clock=clock))
+
+
+def test_stores_with_different_key_prefixes_share_nothing(redis_server):
+    """Two models' routers on one Redis, even with the same router id and replica URLs."""
+    clock = FakeClock(1000.0)
+
+    async def scenario(one: RedisStore, two: RedisStore) -> None:
+        await one.add_in_flight(RA, 2)
+        await two.add_in_flight(RA, 1)
+        await two.add_in_flight(RB, 1)
+        await one.record_prefix(RA, [A, B])
+        await two.record_prefix(RB, [A])
+        assert await one.incr_window("key-1", 5, window_s=60) == 5
+        assert await two.incr_window("key-1", 1, window_s=60) == 1
+        await one.register_replica(RA, ttl_s=30)
+        await two.register_replica(RC, ttl_s=30)
+
+        assert await one.in_flight() == {RA: 2}
+        assert await two.in_flight() == {RA: 1, RB: 1}
+        assert await one.match_prefix([A, B]) == {RA: 2}
+        assert await two.match_prefix([A, B]) == {RB: 1}
+        assert await one.incr_window("key-1", 0, window_s=60) == 5
+        assert await two.incr_window("key-1", 0, window_s=60) == 1
+        assert await one.registered_replicas() == [RA]
+        assert await two.registered_replicas() == [RC]
+        keys = await one.client.keys("*")
+        assert {key.startswith("fleetlm:team-b.llama:") for key in keys} == {True, False}
+        assert all(key.startswith("fleetlm:") for key in keys)
+
+    run(
+        scenario,
+        RedisStore(redis_server.url, "router-1", clock=clock),
+        RedisStore(redis_server.url, "router-1", key_prefix="fleetlm:team-b.llama:", clock=clock),
+    )
+
+
+def test_create_store_keeps_the_key_prefix():
+    store = create_store("redis://127.0.0.1:1/0", "router-1", key_prefix="fleetlm:ns.m:")
+    assert store.redis.prefix_key(A) == f"fleetlm:ns.m:prefix:{A.hex()}"
+    assert store.redis.inflight_key == "fleetlm:ns.m:router:router-1:inflight"
 
 
 # --- surviving a Redis outage -------------------------------------------------------------------

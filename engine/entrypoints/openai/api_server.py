@@ -75,7 +75,10 @@ def create_app(settings: ServerSettings, engine_args: EngineArgs) -> FastAPI:
         if settings.register_redis_url and settings.advertise_url:
             registration = asyncio.create_task(
                 keep_registered(
-                    settings.register_redis_url, settings.advertise_url, app.state.context
+                    settings.register_redis_url,
+                    settings.advertise_url,
+                    app.state.context,
+                    settings.redis_key_prefix,
                 )
             )
         try:

@@ -10,7 +10,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from fleetlm.engine.core.kv_events import REPLICAS_KEY
+from fleetlm.engine.core.kv_events import DEFAULT_KEY_PREFIX, replicas_key
 from fleetlm.engine.entrypoints.openai.serving_common import ServingContext
 
 logger = logging.getLogger(__name__)
@@ -20,19 +20,21 @@ async def keep_registered(
     redis_url: str,
     url: str,
     context: ServingContext,
+    key_prefix: str = DEFAULT_KEY_PREFIX,
     interval_s: float = 2.0,
     ttl_s: float = 10.0,
 ) -> None:
     """Until cancelled: every interval, register (or, once draining or dead, deregister)."""
+    key = replicas_key(key_prefix)
     client = aioredis.Redis.from_url(redis_url, socket_timeout=2.0)
     failing = False
     try:
         while True:
             try:
                 if context.draining or context.llm.is_dead:
-                    await client.zrem(REPLICAS_KEY, url)
+                    await client.zrem(key, url)
                 else:
-                    await client.zadd(REPLICAS_KEY, {url: time.time() + ttl_s})
+                    await client.zadd(key, {url: time.time() + ttl_s})
                 if failing:
                     logger.info("registered in Redis again as %s", url)
                 failing = False
@@ -43,5 +45,5 @@ async def keep_registered(
             await asyncio.sleep(interval_s)
     finally:
         with contextlib.suppress(RedisError, OSError):
-            await client.zrem(REPLICAS_KEY, url)
+            await client.zrem(key, url)
         await client.aclose()

@@ -1,7 +1,9 @@
 """Server settings, validated at start (environment variables FLEETLM_*, or the CLI)."""
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleetlm.engine.core.kv_events import DEFAULT_KEY_PREFIX, check_key_prefix
 
 
 class ServerSettings(BaseSettings):
@@ -26,3 +28,9 @@ class ServerSettings(BaseSettings):
     # Register in this Redis's replica registry for routers to discover (`--discover redis`).
     register_redis_url: str | None = None
     advertise_url: str | None = None  # how routers reach this server (its registry entry)
+    redis_key_prefix: str = DEFAULT_KEY_PREFIX  # of the registry key (one per model sharing it)
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _check_key_prefix(cls, value: str) -> str:
+        return check_key_prefix(value)

@@ -50,8 +50,8 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def redis_set(client: redis.Redis) -> set[str]:
-    return {h.decode() for h in client.smembers(blocks_key(REPLICA))}
+def redis_set(client: redis.Redis, prefix: str = "fleetlm:") -> set[str]:
+    return {h.decode() for h in client.smembers(blocks_key(REPLICA, prefix))}
 
 
 def replayed_stream(client: redis.Redis) -> set[str]:
@@ -230,3 +230,21 @@ def test_engine_process_publishes_its_prefix_cache(client, redis_server, tmp_pat
     types = [fields[b"type"] for _, fields in client.xrange(stream_key(REPLICA))]
     assert types.count(b"cleared") == 2 and b"removed" in types
     assert publisher.num_failures == 0
+
+
+def test_engine_process_publishes_under_its_key_prefix(client, redis_server, tmp_path: Path):
+    prefix = "fleetlm:team-b.llama:"  # `fleetlm serve --redis-key-prefix`
+    args = tiny_engine_args(tmp_path)
+    args.kv_events_redis_url, args.kv_events_replica = redis_server.url, REPLICA
+    args.redis_key_prefix = prefix
+    core = EngineCore(args.create_engine_config())
+    front_end = FrontEnd(core)
+    try:
+        front_end.run_requests([list(range(1, 14))], max_tokens=2)
+        expected = hex_set(core.cached_block_hashes())
+        wait_until(lambda: redis_set(client, prefix) == expected)
+    finally:
+        front_end.shutdown()
+    assert expected
+    keys = {blocks_key(REPLICA, prefix), stream_key(REPLICA, prefix)}
+    assert {key.decode() for key in client.keys("*")} == keys

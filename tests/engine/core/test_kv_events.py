@@ -10,7 +10,13 @@ from fleetlm.cli import advertise_url, build_parser
 from fleetlm.engine.config import EngineArgs, KVEventsConfig
 from fleetlm.engine.core.block_pool import BlockPool
 from fleetlm.engine.core.kv_cache_manager import KVCacheManager
-from fleetlm.engine.core.kv_events import KVEvent
+from fleetlm.engine.core.kv_events import (
+    KVEvent,
+    blocks_key,
+    check_key_prefix,
+    replicas_key,
+    stream_key,
+)
 
 from .helpers import make_request, tiny_engine_args
 
@@ -102,10 +108,46 @@ def test_kv_events_config(tmp_path: Path):
         args.create_engine_config()
     args.kv_events_redis_url = "redis://127.0.0.1:6379/0"
     assert args.create_engine_config().kv_events == KVEventsConfig(
-        "redis://127.0.0.1:6379/0", "http://10.0.0.7:8000"
+        "redis://127.0.0.1:6379/0", "http://10.0.0.7:8000", "fleetlm:"
     )
+    args.redis_key_prefix = "fleetlm:team-a.llama:"
+    assert args.create_engine_config().kv_events.key_prefix == "fleetlm:team-a.llama:"
     # The engine process gets its args as JSON (see core/client.py).
     assert EngineArgs(**json.loads(json.dumps(dataclasses.asdict(args), default=str))) == args
+
+
+def test_default_key_prefix_gives_the_historical_key_names():
+    assert blocks_key("http://10.0.0.7:8000") == "fleetlm:kv:http://10.0.0.7:8000:blocks"
+    assert stream_key("http://10.0.0.7:8000") == "fleetlm:kv:http://10.0.0.7:8000:events"
+    assert replicas_key() == "fleetlm:replicas"
+
+
+def test_key_prefix_starts_every_key():
+    prefix = "fleetlm:team-a.llama:"
+    assert blocks_key("http://e:1", prefix) == "fleetlm:team-a.llama:kv:http://e:1:blocks"
+    assert stream_key("http://e:1", prefix) == "fleetlm:team-a.llama:kv:http://e:1:events"
+    assert replicas_key(prefix) == "fleetlm:team-a.llama:replicas"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "why"),
+    [("", "empty"), ("a b:", "whitespace"), ("a\n", "whitespace"), ("p" * 129, "128")],
+)
+def test_bad_key_prefixes_are_refused(tmp_path: Path, prefix: str, why: str):
+    from pydantic import ValidationError
+
+    from fleetlm.engine.entrypoints.openai.settings import ServerSettings
+
+    assert check_key_prefix("p" * 128) == "p" * 128
+    with pytest.raises(ValueError, match=why):
+        check_key_prefix(prefix)
+    with pytest.raises(ValidationError, match=why):
+        ServerSettings(redis_key_prefix=prefix)
+    args = tiny_engine_args(tmp_path)
+    args.kv_events_redis_url, args.kv_events_replica = "redis://r:6379/0", "http://e:1"
+    args.redis_key_prefix = prefix
+    with pytest.raises(ValueError, match=why):
+        args.create_engine_config()
 
 
 @pytest.mark.parametrize(

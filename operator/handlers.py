@@ -1,0 +1,86 @@
+"""The kopf handlers: thin, each one call into the Reconciler (`fleetlm.operator.reconcile`).
+
+They are registered on a registry passed in (never kopf's global one), so a test can run an
+operator of its own in-process, and nothing lives at module level.
+"""
+
+import logging
+from typing import Any
+
+import kopf
+
+from fleetlm.operator.kube import KubeApi
+from fleetlm.operator.naming import FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, PLURAL, VERSION
+from fleetlm.operator.reconcile import MissingVolume, Reconciler
+from fleetlm.operator.settings import OperatorSettings
+
+CHILD_WORKLOADS = [
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
+]
+MISSING_VOLUME_RETRY_S = 15
+CLEANUP_ATTEMPTS = 3
+
+logger = logging.getLogger(__name__)
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: its service account; elsewhere: the kubeconfig ($KUBECONFIG, ~/.kube/config)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def post_event(body: Any, type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message)
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+    """Register every handler of the operator on `registry`."""
+    models = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
+
+    @kopf.on.login(registry=registry)
+    def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return login(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.posting.level = logging.INFO
+        info = login(settings=settings)
+        if info is None:
+            raise kopf.PermanentError("no service account and no kubeconfig to log in with")
+        memo.reconciler = Reconciler(KubeApi.from_connection(info), config, post_event)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        if getattr(memo, "reconciler", None) is not None:
+            await memo.reconciler.api.aclose()
+
+    @kopf.on.resume(**models)
+    @kopf.on.create(**models)
+    @kopf.on.update(**models)
+    async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        try:
+            await memo.reconciler.reconcile(body)
+        except MissingVolume as e:
+            raise kopf.TemporaryError(str(e), delay=MISSING_VOLUME_RETRY_S) from e
+
+    @kopf.on.delete(**models)
+    async def clean_up(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+        try:
+            await memo.reconciler.cleanup(body)
+        except Exception as e:
+            if retry + 1 >= CLEANUP_ATTEMPTS:  # never hold a deletion forever on Redis
+                logger.warning("gave up cleaning Redis for %s: %r", body["metadata"]["name"], e)
+                return
+            raise kopf.TemporaryError(f"cleaning up Redis: {e!r}", delay=2) from e
+
+    for group, version, plural in CHILD_WORKLOADS:
+
+        @kopf.on.event(
+            group, version, plural, labels={MANAGED_BY_LABEL: MANAGED_BY}, registry=registry
+        )
+        async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+            reconciler = getattr(memo, "reconciler", None)
+            if reconciler is not None:
+                await reconciler.refresh_owner(body)

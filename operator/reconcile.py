@@ -1,0 +1,196 @@
+"""What the operator does for one InferenceModel: make its children match the spec, keep its
+status in step with them, and clean up after it. Pure builders decide *what*
+(`fleetlm.operator.builders`); this module does the API calls, in that order:
+
+1. parse the spec (invalid: `Ready=False` with the reason, nothing is touched);
+2. check what the cluster must already have (a PersistentVolumeClaim named in the spec);
+3. apply every child (`KubeApi.apply`: create, patch or leave);
+4. delete the children this model owns that the spec no longer asks for;
+5. write the status from the children's.
+"""
+
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fleetlm.operator import naming, status
+from fleetlm.operator.builders import build_children, pool_workloads
+from fleetlm.operator.kube import LWS, RESOURCES, KubeApi, Resource, is_subset
+from fleetlm.operator.redis_cleanup import delete_keys
+from fleetlm.operator.settings import OperatorSettings
+from fleetlm.operator.spec import InferenceModel, InvalidSpec, parse_model
+
+logger = logging.getLogger(__name__)
+
+Body = Mapping[str, Any]
+# (the InferenceModel's body, type "Normal" / "Warning", reason, message): a Kubernetes Event
+EventSink = Callable[[Body, str, str, str], None]
+
+MODELS = RESOURCES["fleetlm.dev/v1alpha1", "InferenceModel"]
+# What a model can own, for pruning: every kind the builders make.
+OWNED_KINDS = [
+    RESOURCES[key]
+    for key in [
+        ("apps/v1", "Deployment"),
+        ("apps/v1", "StatefulSet"),
+        ("v1", "Service"),
+        ("policy/v1", "PodDisruptionBudget"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+        ("rbac.authorization.k8s.io/v1", "Role"),
+        ("v1", "ServiceAccount"),
+    ]
+]
+
+
+class MissingVolume(Exception):
+    """The spec names a PersistentVolumeClaim the namespace does not have (yet)."""
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owned_by(obj: Body, uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+class Reconciler:
+    def __init__(self, api: KubeApi, settings: OperatorSettings, events: EventSink) -> None:
+        self.api, self.settings, self.events = api, settings, events
+
+    async def reconcile(self, body: Body) -> None:
+        """Raises MissingVolume (the caller retries later); an invalid spec is a status."""
+        try:
+            model = parse_model(body, self.settings)
+        except InvalidSpec as e:
+            await self.write_invalid(body, e.reason, e.message)
+            self.events(body, "Warning", e.reason, e.message)
+            return
+        await self.check_volumes(body, model)
+        use_lws = await self.api.has_resource(LWS)
+        children = build_children(model, self.settings, owner=body, use_lws=use_lws)
+        for child in children:
+            outcome = await self.api.apply(child)
+            if outcome != "unchanged":
+                kind, name = child["kind"], child["metadata"]["name"]
+                self.events(body, "Normal", outcome.capitalize(), f"{outcome} {kind} {name}")
+        await self.prune(body, model, children, use_lws)
+        await self.refresh_status(body)
+
+    async def check_volumes(self, body: Body, model: InferenceModel) -> None:
+        pvc = model.model.source.pvc
+        if pvc is None:
+            return
+        claim = pvc.claim_name
+        pvcs = RESOURCES["v1", "PersistentVolumeClaim"]
+        if await self.api.get(pvcs, model.namespace, claim) is None:
+            message = f"spec.model.source.pvc: PersistentVolumeClaim {claim!r} not found"
+            await self.write_invalid(body, "MissingVolume", message)
+            self.events(body, "Warning", "MissingVolume", message)
+            raise MissingVolume(message)
+
+    async def prune(
+        self, body: Body, model: InferenceModel, children: list[dict[str, Any]], use_lws: bool
+    ) -> None:
+        """Delete what this model owns and no longer wants (a pool dropped, fewer
+        StatefulSet pairs, a router turned off, a switch to or from LeaderWorkerSets)."""
+        wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
+        uid = body["metadata"]["uid"]
+        kinds = [*OWNED_KINDS, LWS] if use_lws else OWNED_KINDS
+        selector = f"{naming.MODEL_LABEL}={model.name}"
+        for resource in kinds:
+            for obj in await self.api.list(resource, model.namespace, selector):
+                kind = obj.get("kind") or _kind_of(resource)
+                name = obj["metadata"]["name"]
+                if (kind, name) in wanted or not owned_by(obj, uid):
+                    continue
+                if await self.api.delete(resource, model.namespace, name):
+                    self.events(body, "Normal", "Deleted", f"deleted {kind} {name}")
+
+    async def refresh_status(self, body: Body) -> None:
+        """Read the children, write the status if it changed."""
+        try:
+            model = parse_model(body, self.settings)
+        except InvalidSpec:
+            return  # reconcile() wrote why
+        use_lws = await self.api.has_resource(LWS)
+        refs = pool_workloads(model, use_lws=use_lws)
+        observed: dict[tuple[str, str], Body | None] = {}
+        for ref in refs:
+            resource = RESOURCES[ref.api_version, ref.kind]
+            observed[ref.kind, ref.name] = await self.api.get(resource, model.namespace, ref.name)
+        pools = [
+            status.pool_status(
+                pool.name,
+                pool.replicas,
+                pool.gpus_per_replica,
+                pool.pods_per_replica,
+                [ref for ref in refs if ref.pool == pool.name],
+                observed,
+            )
+            for pool in model.pools
+        ]
+        router = None
+        if model.router.replicas > 0:
+            deployments = RESOURCES["apps/v1", "Deployment"]
+            found = await self.api.get(deployments, model.namespace, naming.router_name(model.name))
+            router = (model.router.replicas, status.ready_replicas(found))
+        previous = body.get("status") or {}
+        new = status.model_status(
+            pools,
+            router,
+            model.generation,
+            naming.endpoint_url(model.name, model.namespace, self.settings.cluster_domain),
+            previous,
+            utc_now(),
+        )
+        await self.write_status(body, previous, new)
+
+    async def write_invalid(self, body: Body, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        previous = body.get("status") or {}
+        endpoint = previous.get("endpoint") or ""
+        new = status.invalid_status(
+            reason, message, meta.get("generation", 0), endpoint, previous, utc_now()
+        )
+        await self.write_status(body, previous, new)
+
+    async def write_status(self, body: Body, previous: Body, new: dict[str, Any]) -> None:
+        if is_subset(new, previous):
+            return
+        meta = body["metadata"]
+        await self.api.patch(MODELS, meta["namespace"], meta["name"], {"status": new}, "status")
+        for before, after in zip(previous.get("conditions") or [], new["conditions"], strict=False):
+            if before.get("status") != after["status"] and after["type"] == "Ready":
+                kind = "Normal" if after["status"] == "True" else "Warning"
+                self.events(body, kind, after["reason"], after["message"])
+
+    async def refresh_owner(self, child: Body) -> None:
+        """A child changed: refresh the status of the model that owns it."""
+        meta = child.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(naming.MODEL_LABEL)
+        if not name:
+            return
+        body = await self.api.get(MODELS, meta["namespace"], name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        if not owned_by(child, body["metadata"]["uid"]):
+            return
+        await self.refresh_status(body)
+
+    async def cleanup(self, body: Body) -> int:
+        """The finalizer's work: the model's keys in Redis (owner references take care of the
+        Kubernetes objects). Returns how many keys were deleted."""
+        if not self.settings.redis_url:
+            return 0
+        meta = body["metadata"]
+        prefix = naming.redis_key_prefix(meta["namespace"], meta["name"])
+        deleted = await delete_keys(self.settings.redis_url, prefix)
+        self.events(body, "Normal", "CleanedUp", f"deleted {deleted} Redis keys under {prefix}")
+        return deleted
+
+
+def _kind_of(resource: Resource) -> str:
+    return next(kind for (_, kind), r in RESOURCES.items() if r == resource)
