@@ -6,6 +6,9 @@
 # Safe to run again: each step is skipped or is a no-op when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `python -m ...` puts the current directory first on sys.path: here, the repository root,
+# whose operator/ folder (fleetlm.operator) would shadow the standard library's `operator`.
+export PYTHONSAFEPATH=1
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
