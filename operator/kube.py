@@ -187,7 +187,8 @@ class KubeApi:
 
     async def has_resource(self, resource: Resource) -> bool:
         """Whether the server serves this kind (e.g. the LeaderWorkerSet CRD is installed)."""
-        found = await self._call("GET", f"/apis/{resource.group}/{resource.version}")
+        group_version = resource.path().rsplit("/", 1)[0]  # /api/v1 or /apis/G/V
+        found = await self._call("GET", group_version)
         return found is not None and any(
             r.get("name") == resource.plural for r in found.get("resources") or []
         )

@@ -8,7 +8,7 @@ BATCH = 500
 async def delete_keys(redis_url: str, prefix: str) -> int:
     """Delete the keys starting with `prefix` (SCAN + UNLINK, in batches: never KEYS, which
     blocks a shared Redis). Returns how many were deleted."""
-    if not prefix or any(c in prefix for c in "*?[]"):
+    if not prefix or any(c in prefix for c in "*?[]\\"):
         raise ValueError(f"refusing to delete by the pattern-like prefix {prefix!r}")
     client = aioredis.Redis.from_url(redis_url)
     deleted = 0

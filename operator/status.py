@@ -41,8 +41,8 @@ def settled(workload: Body | None) -> bool:
     if observed is not None and observed < meta.get("generation", 0):
         return False
     want = spec.get("replicas", 1)
-    updated = status.get("updatedReplicas", status.get("replicas", 0))
-    return updated >= want and status.get("replicas", 0) <= want
+    # the API server leaves out zero counts: no updatedReplicas means none updated yet
+    return status.get("updatedReplicas", 0) >= want and status.get("replicas", 0) <= want
 
 
 def ready_replicas(workload: Body | None) -> int:

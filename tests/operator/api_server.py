@@ -39,6 +39,7 @@ LWS_RESOURCE = "leaderworkerset.x-k8s.io/v1/leaderworkersets"
 class ApiServer(KubernetesEmulator):
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     writes: list[tuple[str, str]] = attrs.field(factory=list, init=False)
+    collecting: set[asyncio.Task] = attrs.field(factory=set, init=False)
 
     async def _handle(self, request):  # type: ignore[no-untyped-def]
         if request.resource is not None and request.method.name in {"POST", "PATCH", "PUT"}:
@@ -49,7 +50,9 @@ class ApiServer(KubernetesEmulator):
             self.writes.append(("DELETE", request.url.path))
         answer = await super()._handle(request)
         if request.method.name in {"DELETE", "PATCH", "PUT"}:
-            asyncio.get_running_loop().create_task(self._collect_garbage())
+            task = asyncio.get_running_loop().create_task(self._collect_garbage())
+            self.collecting.add(task)
+            task.add_done_callback(self.collecting.discard)
         return answer
 
     def _stamp(self, request) -> None:  # type: ignore[no-untyped-def]
@@ -146,7 +149,7 @@ class RunningApiServer:
 
     def __exit__(self, *exc: object) -> None:
         self.http.close()
-        asyncio.run_coroutine_threadsafe(self._stack.aclose(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -164,6 +167,12 @@ class RunningApiServer:
                 subresources={"status", "scale"},
             )
         self.url = str(server.url).rstrip("/")
+
+    async def _stop(self) -> None:
+        assert self.api is not None
+        for task in list(self.api.collecting):
+            task.cancel()
+        await self._stack.aclose()
 
     def kubeconfig(self, path: Path) -> Path:
         path.write_text(
