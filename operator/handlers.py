@@ -4,6 +4,7 @@ They are registered on a registry passed in (never kopf's global one), so a test
 operator of its own in-process, and nothing lives at module level.
 """
 
+import contextlib
 import logging
 from typing import Any
 
@@ -65,6 +66,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         except MissingVolume as e:
             raise kopf.TemporaryError(str(e), delay=MISSING_VOLUME_RETRY_S) from e
 
+    @kopf.timer(**models, interval=config.resync_interval_s, initial_delay=config.resync_interval_s)
+    async def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """Drift: a child deleted or edited by hand comes back; the status is recomputed."""
+        with contextlib.suppress(MissingVolume):  # the status says so; the next resync retries
+            await memo.reconciler.reconcile(body)
+
     @kopf.on.delete(**models)
     async def clean_up(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         try:
@@ -80,7 +87,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         @kopf.on.event(
             group, version, plural, labels={MANAGED_BY_LABEL: MANAGED_BY}, registry=registry
         )
-        async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        async def child_changed(
+            body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+        ) -> None:
             reconciler = getattr(memo, "reconciler", None)
-            if reconciler is not None:
-                await reconciler.refresh_owner(body)
+            if reconciler is not None:  # DELETED: put it back (unless its model is going)
+                await reconciler.refresh_owner(body, recreate=type == "DELETED")

@@ -9,9 +9,11 @@ status in step with them, and clean up after it. Pure builders decide *what*
 5. write the status from the children's.
 """
 
+import asyncio
+import contextlib
 import datetime
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from fleetlm.operator import naming, status
@@ -59,14 +61,41 @@ def owned_by(obj: Body, uid: str) -> bool:
 class Reconciler:
     def __init__(self, api: KubeApi, settings: OperatorSettings, events: EventSink) -> None:
         self.api, self.settings, self.events = api, settings, events
+        self.locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def latest(self, body: Body) -> AsyncIterator[Body | None]:
+        """The model as the API server has it now (None: gone or going), while no other
+        reconcile of it runs. kopf's handlers, its timer and the children's events may fire
+        together, each with the body it saw: one acting on an older spec would undo a newer."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        async with self.locks.setdefault(key, asyncio.Lock()):
+            fresh = await self.api.get(MODELS, *key)
+            if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
+                self.locks.pop(key, None)
+                yield None
+            else:
+                yield fresh
 
     async def reconcile(self, body: Body) -> None:
         """Raises MissingVolume (the caller retries later); an invalid spec is a status."""
+        async with self.latest(body) as fresh:
+            if fresh is not None:
+                await self._reconcile(fresh)
+
+    async def refresh_status(self, body: Body) -> None:
+        """Read the children, write the status if it changed."""
+        async with self.latest(body) as fresh:
+            if fresh is not None:
+                await self._refresh_status(fresh)
+
+    async def _reconcile(self, body: Body) -> None:
         try:
             model = parse_model(body, self.settings)
         except InvalidSpec as e:
-            await self.write_invalid(body, e.reason, e.message)
-            self.events(body, "Warning", e.reason, e.message)
+            if await self.write_invalid(body, e.reason, e.message):
+                self.events(body, "Warning", e.reason, e.message)
             return
         await self.check_volumes(body, model)
         use_lws = await self.api.has_resource(LWS)
@@ -77,7 +106,7 @@ class Reconciler:
                 kind, name = child["kind"], child["metadata"]["name"]
                 self.events(body, "Normal", outcome.capitalize(), f"{outcome} {kind} {name}")
         await self.prune(body, model, children, use_lws)
-        await self.refresh_status(body)
+        await self._refresh_status(body)
 
     async def check_volumes(self, body: Body, model: InferenceModel) -> None:
         pvc = model.model.source.pvc
@@ -87,8 +116,8 @@ class Reconciler:
         pvcs = RESOURCES["v1", "PersistentVolumeClaim"]
         if await self.api.get(pvcs, model.namespace, claim) is None:
             message = f"spec.model.source.pvc: PersistentVolumeClaim {claim!r} not found"
-            await self.write_invalid(body, "MissingVolume", message)
-            self.events(body, "Warning", "MissingVolume", message)
+            if await self.write_invalid(body, "MissingVolume", message):
+                self.events(body, "Warning", "MissingVolume", message)
             raise MissingVolume(message)
 
     async def prune(
@@ -109,18 +138,27 @@ class Reconciler:
                 if await self.api.delete(resource, model.namespace, name):
                     self.events(body, "Normal", "Deleted", f"deleted {kind} {name}")
 
-    async def refresh_status(self, body: Body) -> None:
-        """Read the children, write the status if it changed."""
+    async def _refresh_status(self, body: Body) -> None:
         try:
             model = parse_model(body, self.settings)
         except InvalidSpec:
             return  # reconcile() wrote why
         use_lws = await self.api.has_resource(LWS)
         refs = pool_workloads(model, use_lws=use_lws)
+        wanted = {
+            (c["kind"], c["metadata"]["name"]): c
+            for c in build_children(model, self.settings, owner=body, use_lws=use_lws)
+        }
         observed: dict[tuple[str, str], Body | None] = {}
         for ref in refs:
             resource = RESOURCES[ref.api_version, ref.kind]
             observed[ref.kind, ref.name] = await self.api.get(resource, model.namespace, ref.name)
+        # a workload whose spec lags the model's (another reconcile is about to patch it)
+        outdated = {
+            key
+            for key, found in observed.items()
+            if key in wanted and not is_subset(wanted[key]["spec"], (found or {}).get("spec"))
+        }
         pools = [
             status.pool_status(
                 pool.name,
@@ -129,6 +167,7 @@ class Reconciler:
                 pool.pods_per_replica,
                 [ref for ref in refs if ref.pool == pool.name],
                 observed,
+                outdated,
             )
             for pool in model.pools
         ]
@@ -148,37 +187,42 @@ class Reconciler:
         )
         await self.write_status(body, previous, new)
 
-    async def write_invalid(self, body: Body, reason: str, message: str) -> None:
+    async def write_invalid(self, body: Body, reason: str, message: str) -> bool:
         meta = body["metadata"]
         previous = body.get("status") or {}
         endpoint = previous.get("endpoint") or ""
         new = status.invalid_status(
             reason, message, meta.get("generation", 0), endpoint, previous, utc_now()
         )
-        await self.write_status(body, previous, new)
+        return await self.write_status(body, previous, new)
 
-    async def write_status(self, body: Body, previous: Body, new: dict[str, Any]) -> None:
+    async def write_status(self, body: Body, previous: Body, new: dict[str, Any]) -> bool:
+        """Whether it changed (and was written)."""
         if is_subset(new, previous):
-            return
+            return False
         meta = body["metadata"]
         await self.api.patch(MODELS, meta["namespace"], meta["name"], {"status": new}, "status")
         for before, after in zip(previous.get("conditions") or [], new["conditions"], strict=False):
             if before.get("status") != after["status"] and after["type"] == "Ready":
                 kind = "Normal" if after["status"] == "True" else "Warning"
                 self.events(body, kind, after["reason"], after["message"])
+        return True
 
-    async def refresh_owner(self, child: Body) -> None:
-        """A child changed: refresh the status of the model that owns it."""
+    async def refresh_owner(self, child: Body, recreate: bool = False) -> None:
+        """A child changed: refresh the status of the model that owns it; a child deleted
+        (`recreate`): reconcile that model, which makes it again."""
         meta = child.get("metadata") or {}
         name = (meta.get("labels") or {}).get(naming.MODEL_LABEL)
         if not name:
             return
         body = await self.api.get(MODELS, meta["namespace"], name)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        if body is None or not owned_by(child, body["metadata"]["uid"]):
             return
-        if not owned_by(child, body["metadata"]["uid"]):
-            return
-        await self.refresh_status(body)
+        if recreate:
+            with contextlib.suppress(MissingVolume):
+                await self.reconcile(body)
+        else:
+            await self.refresh_status(body)
 
     async def cleanup(self, body: Body) -> int:
         """The finalizer's work: the model's keys in Redis (owner references take care of the

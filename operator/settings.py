@@ -27,5 +27,7 @@ class OperatorSettings(BaseSettings):
     router_strategy: RouterStrategy = "prefix"  # a model's default spec.router.strategy
     router_replicas: int = Field(1, ge=0)  # a model's default spec.router.replicas
     cluster_domain: str = "cluster.local"  # status.endpoint: http://M.NS.svc.DOMAIN/v1
-    status_interval_s: float = Field(5.0, gt=0)  # how often the status is recomputed
+    # how often every model is reconciled again, whatever happened (drift: a child edited or
+    # deleted by hand is restored; the status is recomputed)
+    resync_interval_s: float = Field(30.0, gt=0)
     master_port: int = Field(29500, ge=1, le=65535)  # torch.distributed across nodes

@@ -5,7 +5,7 @@
 `Degraded`: a settled workload is short of ready replicas, or the spec is invalid.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +56,13 @@ def pool_status(
     pods_per_replica: int,
     refs: Sequence[Any],
     observed: Mapping[tuple[str, str], Body | None],
+    outdated: Collection[tuple[str, str]] = (),
 ) -> PoolStatus:
     """`refs`: the pool's workloads (`WorkloadRef`s: kind, name, replica, ready_pods). One with
     `replica None` holds all the pool's replicas (a Deployment, a LeaderWorkerSet); the ones of
     replica i make replica i together (the leader and worker StatefulSets), which is ready when
-    each has its `ready_pods` ready."""
+    each has its `ready_pods` ready. `outdated`: (kind, name) of the workloads whose spec has
+    not been brought up to the model's yet (they are not settled, whatever their status)."""
     whole = [ref for ref in refs if ref.replica is None]
     ready = sum(ready_replicas(observed.get((ref.kind, ref.name))) for ref in whole)
     for i in sorted({ref.replica for ref in refs if ref.replica is not None}):
@@ -74,7 +76,10 @@ def pool_status(
         ready=min(ready, desired),
         gpus_per_replica=gpus_per_replica,
         pods_per_replica=pods_per_replica,
-        settled=all(settled(observed.get((ref.kind, ref.name))) for ref in refs),
+        settled=all(
+            (ref.kind, ref.name) not in outdated and settled(observed.get((ref.kind, ref.name)))
+            for ref in refs
+        ),
     )
 
 

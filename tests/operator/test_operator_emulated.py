@@ -33,14 +33,15 @@ EVENTS = f"/api/v1/namespaces/{NS}/events"
 T = TypeVar("T")
 
 
-def until(what: Callable[[], T], timeout: float = 20, message: str = "") -> T:
+def until(what: Callable[[], T], timeout: float = 30, message: str | Callable[[], str] = "") -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = what()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting: {message or what}")
+            said = message() if callable(message) else message
+            raise AssertionError(f"timed out waiting: {said or what}")
         time.sleep(0.05)
 
 
@@ -64,7 +65,7 @@ class OperatorProcess:
         self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
-            "FLEETLM_OPERATOR_STATUS_INTERVAL_S": "1",
+            "FLEETLM_OPERATOR_RESYNC_INTERVAL_S": "2",
         }
         if redis_url:
             self.env["FLEETLM_OPERATOR_REDIS_URL"] = redis_url
@@ -227,7 +228,10 @@ def test_create_ready_update_delete(cluster, operator, redis_server):
     keys.sadd(f"fleetlm:{NS}.smol:kv:http://10.0.0.1:8000:blocks", "ab")
     keys.set(f"fleetlm:{NS}.smoller:router:x:inflight", 1)  # another model's
     cluster.delete(f"{MODELS}/smol")
-    until(lambda: cluster.get(f"{MODELS}/smol") is None, message="model deleted")
+    until(
+        lambda: cluster.get(f"{MODELS}/smol") is None,
+        message=lambda: f"model deleted: {cluster.get(f'{MODELS}/smol')}",
+    )
     until(lambda: not owned(cluster, uid), message="children collected")
     assert sorted(k.decode() for k in keys.scan_iter("fleetlm:*")) == [
         f"fleetlm:{NS}.smoller:router:x:inflight"
@@ -384,3 +388,27 @@ def test_multi_node_replicas(tmp_path, redis_server, with_lws):
         finally:
             process.stop()
             print((tmp_path / "log").read_text()[-5000:])
+
+
+def test_drift_is_undone(cluster, operator):
+    """A child deleted by hand comes back at once (its DELETED event); one edited by hand is
+    restored by the next resync (every 2 s here)."""
+    created = cluster.create(MODELS, model())
+    engine = until(lambda: cluster.get(f"{DEPLOYMENTS}/smol-serve"), message="engine")
+    cluster.delete(f"{DEPLOYMENTS}/smol-serve")
+    back = until(
+        lambda: (
+            (d := cluster.get(f"{DEPLOYMENTS}/smol-serve"))
+            and d["metadata"]["uid"] != engine["metadata"]["uid"]
+            and d
+        ),
+        message="recreated",
+    )
+    assert back["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+
+    cluster.patch(f"{DEPLOYMENTS}/smol-serve", {"spec": {"replicas": 7}})
+    until(
+        lambda: cluster.get(f"{DEPLOYMENTS}/smol-serve")["spec"]["replicas"] == 2,
+        message="restored",
+    )
+    assert any(e.get("reason") == "Updated" for e in cluster.items(EVENTS))

@@ -13,7 +13,7 @@ def test_defaults():
     assert settings.redis_url is None
     assert (settings.router_strategy, settings.router_replicas) == ("prefix", 1)
     assert settings.cluster_domain == "cluster.local"
-    assert settings.status_interval_s == 5.0
+    assert settings.resync_interval_s == 30.0
     assert settings.master_port == 29500
 
 
@@ -31,7 +31,7 @@ def test_environment(monkeypatch):
     "changes",
     [
         {"router_replicas": -1},
-        {"status_interval_s": 0},
+        {"resync_interval_s": 0},
         {"router_strategy": "random"},
         {"image_pull_policy": "Sometimes"},
         {"master_port": 0},
