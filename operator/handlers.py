@@ -4,8 +4,10 @@ They are registered on a registry passed in (never kopf's global one), so a test
 operator of its own in-process, and nothing lives at module level.
 """
 
+import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
@@ -31,12 +33,11 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
-def post_event(body: Any, type_: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type_, reason=reason, message=message)
-
-
-def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
-    """Register every handler of the operator on `registry`."""
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorSettings, namespaces: Sequence[str] = ()
+) -> None:
+    """Register every handler of the operator on `registry` (`namespaces`: those it watches;
+    none: all)."""
     models = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
 
     @kopf.on.login(registry=registry)
@@ -50,10 +51,20 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         info = login(settings=settings)
         if info is None:
             raise kopf.PermanentError("no service account and no kubeconfig to log in with")
-        memo.reconciler = Reconciler(KubeApi.from_connection(info), config, post_event)
+        memo.reconciler = Reconciler(KubeApi.from_connection(info), config)
+        # NOTE: a loop of our own, not a kopf timer per model: kopf keeps a model's finalizer
+        # until its timers have stopped, and a timer caught mid-reconcile by a deletion could
+        # leave the model undeletable until its next event.
+        memo.resync = asyncio.create_task(
+            memo.reconciler.resync_forever(config.resync_interval_s, namespaces)
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
+        if getattr(memo, "resync", None) is not None:
+            memo.resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await memo.resync
         if getattr(memo, "reconciler", None) is not None:
             await memo.reconciler.api.aclose()
 
@@ -65,12 +76,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
             await memo.reconciler.reconcile(body)
         except MissingVolume as e:
             raise kopf.TemporaryError(str(e), delay=MISSING_VOLUME_RETRY_S) from e
-
-    @kopf.timer(**models, interval=config.resync_interval_s, initial_delay=config.resync_interval_s)
-    async def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """Drift: a child deleted or edited by hand comes back; the status is recomputed."""
-        with contextlib.suppress(MissingVolume):  # the status says so; the next resync retries
-            await memo.reconciler.reconcile(body)
 
     @kopf.on.delete(**models)
     async def clean_up(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:

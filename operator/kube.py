@@ -14,7 +14,9 @@ everything the manifest says, nothing is written: running a reconcile twice chan
 
 import base64
 import contextlib
+import datetime
 import json
+import logging
 import ssl
 import tempfile
 from collections.abc import Mapping
@@ -23,6 +25,8 @@ from typing import Any, Literal
 
 import httpx
 import kopf
+
+logger = logging.getLogger(__name__)
 
 LAST_APPLIED = "fleetlm.dev/last-applied"
 FIELD_MANAGER = "fleetlm-operator"
@@ -197,11 +201,11 @@ class KubeApi:
         return await self._call("GET", resource.path(namespace, name))
 
     async def list(
-        self, resource: Resource, namespace: str, label_selector: str
+        self, resource: Resource, namespace: str | None, label_selector: str = ""
     ) -> list[dict[str, Any]]:
-        found = await self._call(
-            "GET", resource.path(namespace), params={"labelSelector": label_selector}
-        )
+        """In one namespace, or in all (None)."""
+        params = {"labelSelector": label_selector} if label_selector else {}
+        found = await self._call("GET", resource.path(namespace), params=params)
         return list((found or {}).get("items") or [])
 
     async def create(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -241,6 +245,38 @@ class KubeApi:
         """Whether it was there (404 is "already gone")."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         return await self._call("DELETE", resource.path(namespace, name), json=body) is not None
+
+    async def post_event(
+        self, about: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        """A Kubernetes Event on `about` (type Normal / Warning). Best effort: an Event that
+        cannot be posted is logged, never raised."""
+        meta = about["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": about.get("apiVersion"),
+                "kind": about.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", json=event)
+        except (ApiError, httpx.HTTPError) as e:
+            logger.warning("could not post the event %s %s: %r", reason, message, e)
 
     async def apply(self, manifest: Mapping[str, Any]) -> Outcome:
         """Create the object, or patch it to the manifest, or leave it (see the module's NOTE).

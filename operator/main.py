@@ -22,7 +22,7 @@ def run(
     of them (cluster-wide)."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per API call
     registry = kopf.OperatorRegistry()
-    register(registry, config)
+    register(registry, config, namespaces)
     kopf.run(
         registry=registry,
         standalone=True,

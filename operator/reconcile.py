@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from fleetlm.operator import naming, status
@@ -26,8 +26,6 @@ from fleetlm.operator.spec import InferenceModel, InvalidSpec, parse_model
 logger = logging.getLogger(__name__)
 
 Body = Mapping[str, Any]
-# (the InferenceModel's body, type "Normal" / "Warning", reason, message): a Kubernetes Event
-EventSink = Callable[[Body, str, str, str], None]
 
 MODELS = RESOURCES["fleetlm.dev/v1alpha1", "InferenceModel"]
 # What a model can own, for pruning: every kind the builders make.
@@ -59,8 +57,8 @@ def owned_by(obj: Body, uid: str) -> bool:
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, settings: OperatorSettings, events: EventSink) -> None:
-        self.api, self.settings, self.events = api, settings, events
+    def __init__(self, api: KubeApi, settings: OperatorSettings) -> None:
+        self.api, self.settings = api, settings
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
@@ -95,7 +93,7 @@ class Reconciler:
             model = parse_model(body, self.settings)
         except InvalidSpec as e:
             if await self.write_invalid(body, e.reason, e.message):
-                self.events(body, "Warning", e.reason, e.message)
+                await self.api.post_event(body, "Warning", e.reason, e.message)
             return
         await self.check_volumes(body, model)
         use_lws = await self.api.has_resource(LWS)
@@ -104,9 +102,24 @@ class Reconciler:
             outcome = await self.api.apply(child)
             if outcome != "unchanged":
                 kind, name = child["kind"], child["metadata"]["name"]
-                self.events(body, "Normal", outcome.capitalize(), f"{outcome} {kind} {name}")
+                await self.api.post_event(
+                    body, "Normal", outcome.capitalize(), f"{outcome} {kind} {name}"
+                )
         await self.prune(body, model, children, use_lws)
         await self._refresh_status(body)
+
+    async def resync_forever(self, interval_s: float, namespaces: Sequence[str] = ()) -> None:
+        """Reconcile every model again every `interval_s` (cancelled at shutdown): a child
+        deleted or edited by hand comes back, the status is recomputed."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                for namespace in namespaces or [None]:
+                    for body in await self.api.list(MODELS, namespace, ""):
+                        with contextlib.suppress(MissingVolume):  # its status says so
+                            await self.reconcile(body)
+            except Exception as e:  # the API server away, say: the next round tries again
+                logger.warning("resync failed: %r", e)
 
     async def check_volumes(self, body: Body, model: InferenceModel) -> None:
         pvc = model.model.source.pvc
@@ -117,7 +130,7 @@ class Reconciler:
         if await self.api.get(pvcs, model.namespace, claim) is None:
             message = f"spec.model.source.pvc: PersistentVolumeClaim {claim!r} not found"
             if await self.write_invalid(body, "MissingVolume", message):
-                self.events(body, "Warning", "MissingVolume", message)
+                await self.api.post_event(body, "Warning", "MissingVolume", message)
             raise MissingVolume(message)
 
     async def prune(
@@ -136,7 +149,7 @@ class Reconciler:
                 if (kind, name) in wanted or not owned_by(obj, uid):
                     continue
                 if await self.api.delete(resource, model.namespace, name):
-                    self.events(body, "Normal", "Deleted", f"deleted {kind} {name}")
+                    await self.api.post_event(body, "Normal", "Deleted", f"deleted {kind} {name}")
 
     async def _refresh_status(self, body: Body) -> None:
         try:
@@ -205,7 +218,7 @@ class Reconciler:
         for before, after in zip(previous.get("conditions") or [], new["conditions"], strict=False):
             if before.get("status") != after["status"] and after["type"] == "Ready":
                 kind = "Normal" if after["status"] == "True" else "Warning"
-                self.events(body, kind, after["reason"], after["message"])
+                await self.api.post_event(body, kind, after["reason"], after["message"])
         return True
 
     async def refresh_owner(self, child: Body, recreate: bool = False) -> None:
@@ -232,7 +245,9 @@ class Reconciler:
         meta = body["metadata"]
         prefix = naming.redis_key_prefix(meta["namespace"], meta["name"])
         deleted = await delete_keys(self.settings.redis_url, prefix)
-        self.events(body, "Normal", "CleanedUp", f"deleted {deleted} Redis keys under {prefix}")
+        await self.api.post_event(
+            body, "Normal", "CleanedUp", f"deleted {deleted} Redis keys under {prefix}"
+        )
         return deleted
 
 

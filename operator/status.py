@@ -148,8 +148,9 @@ def model_status(
                 conditions,
                 "Degraded",
                 bool(degraded),
-                "ReplicasUnavailable" if degraded else reason,
-                "; ".join(f"{p.name}: {p.ready}/{p.desired} ready" for p in degraded) or message,
+                "ReplicasUnavailable" if degraded else "AsExpected",
+                "; ".join(f"{p.name}: {p.ready}/{p.desired} ready" for p in degraded)
+                or "no settled pool is short of ready replicas",
                 generation,
                 now,
             ),

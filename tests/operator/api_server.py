@@ -3,6 +3,7 @@ on a loopback port from a thread of its own (so tests stay synchronous and the o
 test runs as a real separate process).
 
 Added to the emulator, as kube-apiserver and kube-controller-manager do them:
+- a JSON patch whose `test` op fails is answered 422, as the API server does (kmock: 500);
 - `metadata.uid`, a name from `generateName` (kopf's Events), `creationTimestamp`, `generation` (1, then +1 at each change of `spec`) and
   `resourceVersion` (+1 at each write);
 - the garbage collector: an object whose owners (`ownerReferences` by uid) are all gone is
@@ -29,7 +30,7 @@ from typing import Any
 import attrs
 import httpx
 import yaml
-from kmock import KubernetesEmulator, ResourceInfo, Server
+from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, Server
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "inferencemodel.yaml"
 LWS_RESOURCE = "leaderworkerset.x-k8s.io/v1/leaderworkersets"
@@ -39,13 +40,17 @@ LWS_RESOURCE = "leaderworkerset.x-k8s.io/v1/leaderworkersets"
 class ApiServer(KubernetesEmulator):
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     writes: list[tuple[str, str]] = attrs.field(factory=list, init=False)
+    bodies: list[tuple[str, str, str]] = attrs.field(factory=list, init=False)
     collecting: set[asyncio.Task] = attrs.field(factory=set, init=False)
 
     async def _handle(self, request):  # type: ignore[no-untyped-def]
         if request.resource is not None and request.method.name in {"POST", "PATCH", "PUT"}:
             self.writes.append((request.method.name, request.url.path))
+            self.bodies.append((request.method.name, request.url.path, request.text))
             if isinstance(request.data, dict):
                 self._stamp(request)
+            elif isinstance(request.data, list):  # a JSON patch (kopf's finalizers)
+                self._check_json_patch(request)
         elif request.resource is not None and request.method.name == "DELETE":
             self.writes.append(("DELETE", request.url.path))
         answer = await super()._handle(request)
@@ -77,6 +82,18 @@ class ApiServer(KubernetesEmulator):
             if new_spec != spec:
                 meta["generation"] = (current.get("metadata") or {}).get("generation", 1) + 1
 
+    def _check_json_patch(self, request) -> None:  # type: ignore[no-untyped-def]
+        """As the API server: a failed `test` op is 422 (kopf then retries at the next event,
+        which the conflicting write caused); a patch that applies is a new resourceVersion."""
+        current = self._current(request) or {}
+        for op in request.data:
+            if op.get("op") == "test" and resolve(current, op["path"]) != op.get("value"):
+                raise KubernetesError(
+                    status=422, reason="Invalid", message=f"the test of {op['path']} failed"
+                )
+        version = str(next(self._versions))
+        request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+
     def _current(self, request) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
         for (resource, namespace, name), obj in self.objects.items():
             if (resource, namespace, name) == (request.resource, request.namespace, request.name):
@@ -97,6 +114,19 @@ class ApiServer(KubernetesEmulator):
             if owners and not any(o.get("uid") in live for o in owners):
                 with contextlib.suppress(Exception):
                     await self.delete(path_of(resource, namespace, name))
+
+
+def resolve(obj: Any, pointer: str) -> Any:
+    """The value at a JSON pointer (RFC 6901), or None."""
+    for part in pointer.lstrip("/").split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(obj, dict):
+            obj = obj.get(part)
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return None
+    return obj
 
 
 def apply_merge_patch(value: Any, patch: Any) -> Any:

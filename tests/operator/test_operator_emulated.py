@@ -230,7 +230,10 @@ def test_create_ready_update_delete(cluster, operator, redis_server):
     cluster.delete(f"{MODELS}/smol")
     until(
         lambda: cluster.get(f"{MODELS}/smol") is None,
-        message=lambda: f"model deleted: {cluster.get(f'{MODELS}/smol')}",
+        message=lambda: (
+            f"model deleted: {cluster.get(f'{MODELS}/smol')} "
+            + "\n".join(str(b) for b in cluster.api.bodies if "inferencemodels" in b[1])
+        ),
     )
     until(lambda: not owned(cluster, uid), message="children collected")
     assert sorted(k.decode() for k in keys.scan_iter("fleetlm:*")) == [
@@ -374,6 +377,7 @@ def test_multi_node_replicas(tmp_path, redis_server, with_lws):
                 # ready when both are
                 mark_ready(cluster, f"{STATEFULSETS}/big-serve-0")
                 mark_ready(cluster, f"{STATEFULSETS}/big-serve-0-w")
+                until(lambda: cluster.get(f"{DEPLOYMENTS}/big-router"), message="router")
                 mark_ready(cluster, f"{DEPLOYMENTS}/big-router")
                 body = until(
                     lambda: (
