@@ -10,7 +10,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"fleetlm: this command needs {e.name}, which this installation lacks: "
+            f"pip install 'fleetlm[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+
+
+# The optional dependencies, by the extra that brings them (the router and the operator
+# images install fleetlm without the engine's).
+EXTRAS = {
+    "torch": "engine",
+    "transformers": "engine",
+    "safetensors": "engine",
+    "gguf": "engine",
+    "numpy": "engine",
+    "tqdm": "engine",
+    "kopf": "operator",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

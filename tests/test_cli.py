@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetlm import cli
 from fleetlm.cli import build_parser, main, parallel_config_error, quantization_error
 
 
@@ -228,3 +229,22 @@ def test_a_bad_key_prefix_in_the_environment_is_refused(monkeypatch):
     monkeypatch.setenv("FLEETLM_ROUTER_REDIS_KEY_PREFIX", "team a:")
     with pytest.raises(ValidationError, match="whitespace"):
         RouterSettings(replicas="http://e:8000")
+
+
+def test_a_missing_extra_is_named(monkeypatch, capsys):
+    """The router and operator images install fleetlm without the engine's dependencies:
+    `fleetlm serve` there says which extra to install instead of a traceback."""
+
+    def serve_without_torch(args):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(cli, "_serve", serve_without_torch)
+    assert cli.main(["serve"]) == 2
+    assert "pip install 'fleetlm[engine]'" in capsys.readouterr().err
+
+    def other_failure(args):
+        raise ModuleNotFoundError("No module named 'nothing_we_know'", name="nothing_we_know")
+
+    monkeypatch.setattr(cli, "_serve", other_failure)
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["serve"])
