@@ -47,7 +47,7 @@ def register(
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
-        settings.posting.level = logging.INFO
+        settings.posting.level = logging.WARNING  # our own Events say what was done
         info = login(settings=settings)
         if info is None:
             raise kopf.PermanentError("no service account and no kubeconfig to log in with")
