@@ -12,16 +12,13 @@ from typing import Any
 
 import kopf
 
-from fleetlm.operator.kube import KubeApi
+from fleetlm.operator.kube import LWS, RESOURCES, KubeApi
 from fleetlm.operator.naming import FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, PLURAL, VERSION
 from fleetlm.operator.reconcile import MissingVolume, Reconciler
 from fleetlm.operator.settings import OperatorSettings
 
-CHILD_WORKLOADS = [
-    ("apps", "v1", "deployments"),
-    ("apps", "v1", "statefulsets"),
-    ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
-]
+# The workloads whose changes move a model's status (and whose deletion is undone).
+CHILD_WORKLOADS = [RESOURCES["apps/v1", "Deployment"], RESOURCES["apps/v1", "StatefulSet"], LWS]
 MISSING_VOLUME_RETRY_S = 15
 CLEANUP_ATTEMPTS = 3
 
@@ -87,10 +84,14 @@ def register(
                 return
             raise kopf.TemporaryError(f"cleaning up Redis: {e!r}", delay=2) from e
 
-    for group, version, plural in CHILD_WORKLOADS:
+    for workload in CHILD_WORKLOADS:
 
         @kopf.on.event(
-            group, version, plural, labels={MANAGED_BY_LABEL: MANAGED_BY}, registry=registry
+            workload.group,
+            workload.version,
+            workload.plural,
+            labels={MANAGED_BY_LABEL: MANAGED_BY},
+            registry=registry,
         )
         async def child_changed(
             body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any

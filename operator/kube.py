@@ -139,9 +139,9 @@ def last_applied(current: Mapping[str, Any]) -> dict[str, Any]:
 class KubeApi:
     """An httpx client bound to one API server and identity."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, tmp_files: list[Any] | None = None) -> None:
         self.client = client
-        self._tmp_files: list[Any] = []
+        self._tmp_files = tmp_files or []  # the PEM files of kubeconfig's inline data
 
     @classmethod
     def from_connection(cls, info: kopf.ConnectionInfo) -> "KubeApi":
@@ -167,9 +167,7 @@ class KubeApi:
             verify=verify,
             timeout=httpx.Timeout(30.0),
         )
-        api = cls(client)
-        api._tmp_files = tmp
-        return api
+        return cls(client, tmp)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -17,8 +17,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from fleetlm.operator import naming, status
-from fleetlm.operator.builders import build_children, pool_workloads
-from fleetlm.operator.kube import LWS, RESOURCES, KubeApi, Resource, is_subset
+from fleetlm.operator.builders import (
+    MANAGED_KINDS,
+    build_children,
+    pool_workloads,
+    router_workload,
+)
+from fleetlm.operator.kube import LWS, RESOURCES, KubeApi, is_subset
 from fleetlm.operator.redis_cleanup import delete_keys
 from fleetlm.operator.settings import OperatorSettings
 from fleetlm.operator.spec import InferenceModel, InvalidSpec, parse_model
@@ -28,19 +33,6 @@ logger = logging.getLogger(__name__)
 Body = Mapping[str, Any]
 
 MODELS = RESOURCES["fleetlm.dev/v1alpha1", "InferenceModel"]
-# What a model can own, for pruning: every kind the builders make.
-OWNED_KINDS = [
-    RESOURCES[key]
-    for key in [
-        ("apps/v1", "Deployment"),
-        ("apps/v1", "StatefulSet"),
-        ("v1", "Service"),
-        ("policy/v1", "PodDisruptionBudget"),
-        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-        ("rbac.authorization.k8s.io/v1", "Role"),
-        ("v1", "ServiceAccount"),
-    ]
-]
 
 
 class MissingVolume(Exception):
@@ -85,8 +77,15 @@ class Reconciler:
     async def refresh_status(self, body: Body) -> None:
         """Read the children, write the status if it changed."""
         async with self.latest(body) as fresh:
-            if fresh is not None:
-                await self._refresh_status(fresh)
+            if fresh is None:
+                return
+            try:
+                model = parse_model(fresh, self.settings)
+            except InvalidSpec:
+                return  # reconcile() wrote why
+            use_lws = await self.api.has_resource(LWS)
+            children = build_children(model, self.settings, owner=fresh, use_lws=use_lws)
+            await self._refresh_status(fresh, model, children, use_lws)
 
     async def _reconcile(self, body: Body) -> None:
         try:
@@ -106,7 +105,7 @@ class Reconciler:
                     body, "Normal", outcome.capitalize(), f"{outcome} {kind} {name}"
                 )
         await self.prune(body, model, children, use_lws)
-        await self._refresh_status(body)
+        await self._refresh_status(body, model, children, use_lws)
 
     async def resync_forever(self, interval_s: float, namespaces: Sequence[str] = ()) -> None:
         """Reconcile every model again every `interval_s` (cancelled at shutdown): a child
@@ -140,28 +139,23 @@ class Reconciler:
         StatefulSet pairs, a router turned off, a switch to or from LeaderWorkerSets)."""
         wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
         uid = body["metadata"]["uid"]
-        kinds = [*OWNED_KINDS, LWS] if use_lws else OWNED_KINDS
         selector = f"{naming.MODEL_LABEL}={model.name}"
-        for resource in kinds:
+        for api_version, kind in MANAGED_KINDS:
+            resource = RESOURCES[api_version, kind]
+            if resource == LWS and not use_lws:
+                continue  # not served: nothing to list
             for obj in await self.api.list(resource, model.namespace, selector):
-                kind = obj.get("kind") or _kind_of(resource)
                 name = obj["metadata"]["name"]
                 if (kind, name) in wanted or not owned_by(obj, uid):
                     continue
                 if await self.api.delete(resource, model.namespace, name):
                     await self.api.post_event(body, "Normal", "Deleted", f"deleted {kind} {name}")
 
-    async def _refresh_status(self, body: Body) -> None:
-        try:
-            model = parse_model(body, self.settings)
-        except InvalidSpec:
-            return  # reconcile() wrote why
-        use_lws = await self.api.has_resource(LWS)
+    async def _refresh_status(
+        self, body: Body, model: InferenceModel, children: list[dict[str, Any]], use_lws: bool
+    ) -> None:
         refs = pool_workloads(model, use_lws=use_lws)
-        wanted = {
-            (c["kind"], c["metadata"]["name"]): c
-            for c in build_children(model, self.settings, owner=body, use_lws=use_lws)
-        }
+        wanted = {(c["kind"], c["metadata"]["name"]): c for c in children}
         observed: dict[tuple[str, str], Body | None] = {}
         for ref in refs:
             resource = RESOURCES[ref.api_version, ref.kind]
@@ -185,9 +179,9 @@ class Reconciler:
             for pool in model.pools
         ]
         router = None
-        if model.router.replicas > 0:
-            deployments = RESOURCES["apps/v1", "Deployment"]
-            found = await self.api.get(deployments, model.namespace, naming.router_name(model.name))
+        if (ref := router_workload(model)) is not None:
+            resource = RESOURCES[ref.api_version, ref.kind]
+            found = await self.api.get(resource, model.namespace, ref.name)
             router = (model.router.replicas, status.ready_replicas(found))
         previous = body.get("status") or {}
         new = status.model_status(
@@ -249,7 +243,3 @@ class Reconciler:
             body, "Normal", "CleanedUp", f"deleted {deleted} Redis keys under {prefix}"
         )
         return deleted
-
-
-def _kind_of(resource: Resource) -> str:
-    return next(kind for (_, kind), r in RESOURCES.items() if r == resource)
